@@ -1,0 +1,67 @@
+"""The ``zero123`` command line. Each subcommand lives in ``zero123.commands.<name>`` and exposes
+``add_parser(subparsers)`` (returns the sub-parser) and ``run(args) -> int``.
+
+User errors (``Zero123Error``) print one line, ``zero123: error: ...``, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import Zero123Error
+
+#: (subcommand module under zero123.commands, one-line summary shown in `zero123 --help`)
+COMMANDS = [
+    ("views", "sample novel views of an object photo"),
+    ("to3d", "turn an object photo into a textured 3D mesh and a turntable video"),
+    ("text_to_3d", "text -> image (SDXL) -> background removal -> 3D mesh"),
+    ("convert", "convert an LDM checkpoint (.ckpt/.safetensors) to a diffusers-format folder"),
+    ("info", "describe a checkpoint: variant, sizes, EMA, keys"),
+    ("render_dataset", "render a multi-view training dataset from meshes"),
+    ("train", "train or fine-tune a view-conditioned model (runs under accelerate launch)"),
+    ("eval", "novel-view metrics (PSNR/SSIM/LPIPS) against held-out renders, with baselines"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zero123",
+        description="One photo of an object -> novel views and a 3D model (Zero123 / Stable Zero123 family). "
+        "Run `zero123 COMMAND --help` for each command's options.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"zero123 {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, summary in COMMANDS:
+        try:
+            module = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__package__}.commands.{name}":
+                continue  # subcommand not available in this build
+            raise
+        p = module.add_parser(sub, name.replace("_", "-"), summary)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args._run(args) or 0)
+    except Zero123Error as exc:
+        print(f"zero123: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zero123: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

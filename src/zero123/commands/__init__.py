@@ -1,0 +1,1 @@
+"""One module per CLI subcommand: ``add_parser(subparsers, name, summary) -> parser`` and ``run(args) -> int``."""

@@ -1,0 +1,44 @@
+"""Noise schedules and DDIM timesteps, configured as the Zero123 LDM code has them.
+
+Betas are ``linspace(sqrt(0.00085), sqrt(0.012), 1000) ** 2`` (diffusers ``scaled_linear``), eps-prediction.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+NUM_TRAIN_TIMESTEPS = 1000
+SCHEDULE_KWARGS = dict(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=0.00085, beta_end=0.012,
+                       beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False)
+
+
+def make_ddim_scheduler() -> DDIMScheduler:
+    """DDIM whose final step goes to ``alphas_cumprod[0]`` (not 1), as LDM's ``DDIMSampler`` does."""
+    return DDIMScheduler(**SCHEDULE_KWARGS, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+
+
+def make_ddpm_scheduler() -> DDPMScheduler:
+    """The training / SDS forward process (``add_noise``) with the same betas."""
+    return DDPMScheduler(**SCHEDULE_KWARGS)
+
+
+def alphas_cumprod() -> torch.Tensor:
+    """``[1000]`` float32 cumulative products of alphas."""
+    return make_ddpm_scheduler().alphas_cumprod.clone()
+
+
+def ldm_ddim_timesteps(num_steps: int) -> torch.Tensor:
+    """Descending timesteps that zero123's ``DDIMSampler.sample(S=num_steps)`` visits.
+
+    ``make_ddim_timesteps('uniform')`` gives ``[1, 1 + c, ..., 1 + (S-1) c]`` with ``c = 1000 // S``; its
+    ``ddim_sampling`` then drops the last one (``timesteps[:-1]``), so S steps run S-1 UNet evaluations, from
+    ``1 + (S-2) c`` down to 1. Returns long ``[S-1]``.
+    """
+    if num_steps < 2 or num_steps > NUM_TRAIN_TIMESTEPS:
+        from .errors import Zero123Error
+
+        raise Zero123Error(f"num_inference_steps must be in [2, {NUM_TRAIN_TIMESTEPS}], got {num_steps}")
+    c = NUM_TRAIN_TIMESTEPS // num_steps
+    steps = torch.arange(0, NUM_TRAIN_TIMESTEPS, c)[:num_steps] + 1
+    return steps[:-1].flip(0).long()
