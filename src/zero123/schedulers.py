@@ -42,3 +42,37 @@ def ldm_ddim_timesteps(num_steps: int) -> torch.Tensor:
     c = NUM_TRAIN_TIMESTEPS // num_steps
     steps = torch.arange(0, NUM_TRAIN_TIMESTEPS, c)[:num_steps] + 1
     return steps[:-1].flip(0).long()
+
+
+class DDIMSampler:
+    """DDIM over ``ldm_ddim_timesteps(num_steps)`` written as ``x_prev = cx[i] * x + ce[i] * eps + sigma[i] * noise``.
+
+    The same update as LDM's ``DDIMSampler.p_sample_ddim`` and diffusers' ``DDIMScheduler.step`` (with
+    ``set_alpha_to_one=False``; the tests check both), but with every coefficient precomputed into device tensors,
+    so a whole sampling loop is a fixed sequence of kernels that a CUDA graph can capture.
+    """
+
+    def __init__(self, num_steps: int, eta: float = 0.0, alphas: torch.Tensor | None = None):
+        acp = (alphas if alphas is not None else alphas_cumprod()).double().cpu()
+        self.timesteps = ldm_ddim_timesteps(num_steps)
+        c = NUM_TRAIN_TIMESTEPS // num_steps
+        a_t = acp[self.timesteps]
+        prev = self.timesteps - c
+        a_prev = torch.where(prev >= 0, acp[prev.clamp(min=0)], acp[0])
+        sigma = eta * torch.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        self.eta = eta
+        self.sigma = sigma.float()
+        self.coef_x = torch.sqrt(a_prev / a_t).float()
+        self.coef_eps = (torch.sqrt(1 - a_prev - sigma**2) - torch.sqrt(a_prev) * torch.sqrt(1 - a_t) / torch.sqrt(a_t)).float()
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def step(self, i: int, x: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One update at loop index ``i`` (timestep ``self.timesteps[i]``); ``noise`` is needed when eta > 0."""
+        out = self.coef_x[i].item() * x + self.coef_eps[i].item() * eps
+        if self.eta > 0:
+            if noise is None:
+                raise ValueError("DDIM with eta > 0 needs noise")
+            out = out + self.sigma[i].item() * noise
+        return out

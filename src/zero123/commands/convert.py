@@ -1,0 +1,24 @@
+"""``zero123 convert IN OUT``: an LDM single-file checkpoint -> a diffusers-format folder (safetensors)."""
+
+from __future__ import annotations
+
+
+def add_parser(sub, name, summary):
+    p = sub.add_parser(name, help=summary, description=summary + ". EMA weights are used when present.")
+    p.add_argument("input", help="LDM checkpoint (.ckpt or .safetensors) or a diffusers folder")
+    p.add_argument("output", help="output folder (written atomically)")
+    p.add_argument("--variant", choices=["zero123", "stable_zero123"], default=None,
+                   help="camera conditioning to record (default: detected from the file name)")
+    p.add_argument("--no-ema", action="store_true", help="convert the plain weights even if EMA weights exist")
+    p.add_argument("--half", action="store_true", help="store fp16 weights (half the size)")
+    return p
+
+
+def run(args) -> int:
+    from ..loading import load_model, save_pretrained
+
+    model, report = load_model(args.input, variant=args.variant, use_ema=not args.no_ema, return_report=True)
+    save_pretrained(model, args.output, half=args.half)
+    print(f"converted {report.source} ({report.variant}, {'EMA' if report.uses_ema else 'plain'} weights, "
+          f"{len(report.ignored)} keys ignored) -> {args.output}")
+    return 0

@@ -1,0 +1,244 @@
+"""Loading and saving Zero123-family models.
+
+* ``load_model(path)``: an LDM single file (``.ckpt``/``.safetensors``), a diffusers-format folder, or ``None``
+  for the model bundled with the package. Returns a ``Zero123Model``.
+* ``load_ldm_checkpoint(path)`` also returns a ``LoadReport`` saying which keys were used and which ignored, and why.
+* ``save_pretrained(model, folder)`` writes the diffusers-format folder (safetensors) atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..camera import ConditioningVariant
+from ..errors import CheckpointError
+from ..models.configs import Zero123Config
+from .ldm_checkpoint import (config_from_ldm, convert_openai_clip_visual, convert_unet, convert_vae, detect_variant,
+                             read_sidecar, split_ldm_state_dict)
+from .safe_io import read_checkpoint_file, read_state_dict
+
+__all__ = ["load_model", "load_ldm_checkpoint", "load_diffusers_folder", "save_pretrained", "bundled_model_path",
+           "LoadReport", "read_state_dict"]
+
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default_model"
+COMPONENTS = ("unet", "vae", "image_encoder", "cc_projection")
+
+
+@dataclass
+class LoadReport:
+    """What a load did: the source, variant, sizes, whether EMA weights were used, and every ignored key."""
+
+    source: str
+    format: str
+    variant: str
+    config: Zero123Config
+    uses_ema: bool = False
+    ignored: dict[str, str] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+def bundled_model_path() -> Path:
+    return BUNDLED_MODEL_DIR
+
+
+def _torch_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+             "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if str(dtype).lower() not in table:
+        raise CheckpointError(f"unknown dtype {dtype!r}: use fp32, fp16 or bf16")
+    return table[str(dtype).lower()]
+
+
+def _assign_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> None:
+    """Strict load with one-line errors for missing / unexpected keys and shape mismatches."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing:
+        raise CheckpointError(f"{source}: {what} is missing {len(missing)} weights (e.g. {missing[0]})")
+    if unexpected:
+        raise CheckpointError(f"{source}: {what} has {len(unexpected)} unexpected weights (e.g. {unexpected[0]})")
+    for k, v in expected.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{source}: {what} weight {k} has shape {tuple(state[k].shape)}, "
+                                  f"expected {tuple(v.shape)}")
+    module.load_state_dict(state, strict=True, assign=True)
+
+
+def _build_empty(config: Zero123Config):
+    """The model with parameters on the meta device (no random init of ~1.2 B weights); buffers stay real."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return config.build()
+
+
+def _finish(model, dtype, device):
+    dtype = _torch_dtype(dtype) or torch.float32
+    return model.to(device=device or "cpu", dtype=dtype).eval().requires_grad_(False)
+
+
+def load_ldm_checkpoint(path, variant=None, use_ema: bool = True, num_heads: int | None = None, dtype=None,
+                        device=None):
+    """An original LDM single-file checkpoint -> ``(Zero123Model, LoadReport)``.
+
+    ``variant`` (``zero123`` | ``stable_zero123``) defaults to a sidecar JSON's or the file name's (see
+    ``detect_variant``). EMA weights (``model_ema.*``) are used when present unless ``use_ema=False``.
+    """
+    path = Path(path)
+    obj = read_checkpoint_file(path)
+    from .safe_io import extract_state_dict
+
+    sd = extract_state_dict(obj, path)
+    sidecar = read_sidecar(path)
+    variant = ConditioningVariant.parse(variant) if variant else detect_variant(path, sidecar)
+    groups = split_ldm_state_dict(sd, use_ema=use_ema, source=str(path))
+    config = config_from_ldm(groups, variant.value, sidecar, num_heads)
+    model = _build_empty(config)
+    _assign_weights(model.unet, convert_unet(groups, config.unet), "UNet", str(path))
+    _assign_weights(model.vae, convert_vae(groups, config.vae), "VAE", str(path))
+    _assign_weights(model.image_encoder, convert_openai_clip_visual(groups.clip_visual), "CLIP image encoder",
+                    str(path))
+    _assign_weights(model.camera_projection, {f"projection.{k}": v for k, v in groups.cc_projection.items()},
+                    "camera projection", str(path))
+    report = LoadReport(source=str(path), format="ldm", variant=variant.value, config=config,
+                        uses_ema=groups.uses_ema, ignored=groups.ignored,
+                        extra={k: obj[k] for k in ("global_step", "epoch") if k in obj and not torch.is_tensor(obj[k])})
+    return _finish(model, dtype, device), report
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found: not a diffusers-format Zero123 folder") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _weights_file(folder: Path) -> Path:
+    for name in ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
+                 "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(f"{folder} has no weights file (diffusion_pytorch_model.safetensors or .bin)")
+
+
+def load_diffusers_folder(folder, variant=None, dtype=None, device=None):
+    """A diffusers-format folder (``unet/``, ``vae/``, ``image_encoder/``, ``cc_projection/``, ...) ->
+    ``(Zero123Model, LoadReport)``. Also reads the published zero123 diffusers layout, whose ``cc_projection``
+    config says ``in_channel``/``out_channel``; such folders carry no variant, so it defaults to ``zero123``.
+    Every weight file is read safely (safetensors, or ``.bin`` with ``weights_only=True``)."""
+    folder = Path(folder)
+    for part in COMPONENTS:
+        if not (folder / part).is_dir():
+            raise CheckpointError(f"{folder} is not a Zero123 diffusers folder: no {part}/ subfolder")
+    cc_cfg = _read_json(folder / "cc_projection" / "config.json")
+    embed_dim = int(cc_cfg.get("embed_dim", cc_cfg.get("out_channel", 768)))
+    camera_dim = int(cc_cfg.get("camera_dim", cc_cfg.get("in_channel", embed_dim + 4) - embed_dim))
+    if camera_dim != 4:
+        raise CheckpointError(f"{folder}/cc_projection takes {camera_dim} camera numbers; Zero123 models take 4")
+    variant = ConditioningVariant.parse(variant or cc_cfg.get("variant", "zero123"))
+    config = Zero123Config(unet=_strip(_read_json(folder / "unet" / "config.json")),
+                           vae=_strip(_read_json(folder / "vae" / "config.json")),
+                           clip=_clip_kwargs(_read_json(folder / "image_encoder" / "config.json")),
+                           variant=variant.value)
+    try:
+        model = _build_empty(config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{folder}: component configs do not describe a Zero123 model ({exc})") from None
+    for part, module in (("unet", model.unet), ("vae", model.vae), ("image_encoder", model.image_encoder)):
+        _assign_weights(module, read_state_dict(_weights_file(folder / part)), part, str(folder))
+    cc = read_state_dict(_weights_file(folder / "cc_projection"))
+    _assign_weights(model.camera_projection, cc, "cc_projection", str(folder))
+    if model.unet.config.in_channels != 2 * model.vae.config.latent_channels:
+        raise CheckpointError(f"{folder}: UNet takes {model.unet.config.in_channels} channels; a Zero123 UNet takes "
+                              f"{2 * model.vae.config.latent_channels} (noisy latent + input-view latent)")
+    report = LoadReport(source=str(folder), format="diffusers", variant=variant.value, config=config)
+    return _finish(model, dtype, device), report
+
+
+def _strip(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def _clip_kwargs(cfg: dict) -> dict:
+    keep = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+            "patch_size", "projection_dim", "hidden_act", "layer_norm_eps", "num_channels")
+    if "vision_config" in cfg:  # a full CLIPConfig
+        cfg = {**cfg["vision_config"], "projection_dim": cfg.get("projection_dim", 768)}
+    return {k: cfg[k] for k in keep if k in cfg}
+
+
+def load_model(path=None, variant=None, dtype=None, device=None, use_ema: bool = True, return_report=False):
+    """Load a Zero123-family model from a file, a folder, or (``path=None``) the bundled default model."""
+    if path is None:
+        path = bundled_model_path()
+        if not (path / "model_index.json").is_file():
+            raise CheckpointError("this install has no bundled default model; pass a checkpoint (--checkpoint)")
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        model, report = load_diffusers_folder(path, variant=variant, dtype=dtype, device=device)
+    else:
+        model, report = load_ldm_checkpoint(path, variant=variant, use_ema=use_ema, dtype=dtype, device=device)
+    return (model, report) if return_report else model
+
+
+def save_pretrained(model, folder, half: bool = False) -> Path:
+    """Write ``model`` as a diffusers-format folder with safetensors (``half=True`` stores fp16).
+
+    Written into a temporary sibling folder first, then renamed, so a crash never leaves a half-written model.
+    """
+    from diffusers import __version__ as diffusers_version
+    from transformers import CLIPImageProcessor
+
+    from ..schedulers import make_ddim_scheduler
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        dtype = torch.float16 if half else None
+        for name in COMPONENTS:
+            module = getattr(model, "camera_projection" if name == "cc_projection" else name)
+            if dtype is not None:
+                module = _half_copy(module)
+            module.save_pretrained(tmp / name, safe_serialization=True)
+        make_ddim_scheduler().save_pretrained(tmp / "scheduler")
+        size = model.image_encoder.config.image_size
+        CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                           do_center_crop=True, resample=3).save_pretrained(tmp / "feature_extractor")
+        index = {"_class_name": "Zero123Pipeline", "_diffusers_version": diffusers_version,
+                 "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+                 "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+                 "cc_projection": ["zero123", "CameraProjection"], "scheduler": ["diffusers", "DDIMScheduler"],
+                 "feature_extractor": ["transformers", "CLIPImageProcessor"]}
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _half_copy(module):
+    import copy
+
+    return copy.deepcopy(module).to(torch.float16)

@@ -1,0 +1,61 @@
+"""The DDIM loop captured as ONE CUDA graph and replayed.
+
+At 256 px the Zero123 UNet runs ~1.4 TFLOP per guided step for 4 views, a few milliseconds of arithmetic on an
+H100, but as ~1500 small kernel launches: eagerly the loop is bound by launching. Capturing all steps of a
+fixed (views, steps, guidance, eta) configuration in one graph removes that overhead. Inputs are copied into
+static buffers before each replay; the result is copied out.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class _GraphedLoop:
+    def __init__(self, model, sampler, x, token, concat, guidance_scale, noises):
+        self.model, self.sampler, self.guidance_scale = model, sampler, guidance_scale
+        self.x = x.clone()
+        self.token, self.concat = token.clone(), concat.clone()
+        self.noises = None if noises is None else noises.clone()
+        n = x.shape[0]
+        self.t = [torch.full((n,), t, device=x.device, dtype=torch.long) for t in sampler.timesteps.tolist()]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up outside the graph (cuDNN/cuBLAS handles, autotuning)
+            self._loop()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self._loop()
+
+    def _loop(self) -> torch.Tensor:
+        x = self.x
+        for i, t in enumerate(self.t):
+            eps = self.model.guided_noise(x.to(self.model.dtype), t, self.token, self.concat,
+                                          self.guidance_scale).float()
+            x = self.sampler.step(i, x, eps, None if self.noises is None else self.noises[i])
+        return x
+
+    def run(self, x, token, concat, noises) -> torch.Tensor:
+        self.x.copy_(x)
+        self.token.copy_(token)
+        self.concat.copy_(concat)
+        if noises is not None:
+            self.noises.copy_(noises)
+        self.graph.replay()
+        return self.out.clone()
+
+
+class GraphedSamplerCache:
+    """One captured loop per configuration; ``run`` captures on first use (costs one extra loop) then replays."""
+
+    def __init__(self, model):
+        self.model = model
+        self.loops: dict[tuple, _GraphedLoop] = {}
+
+    def run(self, sampler, x, token, concat, guidance_scale, noises=None) -> torch.Tensor:
+        key = (tuple(x.shape), len(sampler), float(guidance_scale), float(sampler.eta), token.dtype)
+        loop = self.loops.get(key)
+        if loop is None:
+            loop = self.loops[key] = _GraphedLoop(self.model, sampler, x, token, concat, guidance_scale, noises)
+        return loop.run(x, token, concat, noises)

@@ -1,0 +1,202 @@
+"""Novel-view sampling: ``Zero123Pipeline``.
+
+    pipe = Zero123Pipeline.from_single_file("stable_zero123.ckpt")        # or .from_pretrained(folder)
+    out = pipe("chair.png", elevations=[0, 0, 30], azimuths=[90, 180, 270])
+    out.images[0].save("view0.png")
+
+Camera changes are relative to the input view: ``elevations`` / ``azimuths`` in degrees, ``radii`` in world units
+(see ``zero123.camera``). Sampling is DDIM with classifier-free guidance exactly as zero123's ``DDIMSampler`` runs it
+(``num_inference_steps=S`` visits ``S-1`` timesteps, see ``zero123.schedulers.ldm_ddim_timesteps``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..camera import ConditioningVariant, check_elevation
+from ..errors import Zero123Error
+from ..preprocessing import PreparedImage, prepare_input_image, tensor_to_images
+from ..schedulers import DDIMSampler
+
+#: Camera-change bounds accepted by the pipeline (Zero123 was trained on radius 1.5 .. 2.2).
+MAX_ABS_DELTA_RADIUS = 1.0
+STABLE_ZERO123_DEFAULT_INPUT_ELEVATION = 5.0
+
+
+@dataclass
+class Zero123PipelineOutput:
+    """``images``: list of PIL RGB (``output_type='pil'``) or a tensor ``[N,3,H,W]`` in [0,1] (``'pt'``);
+    ``latents``: final scaled latents ``[N,4,h,w]``; ``input_image``: the prepared input (None for tensor input)."""
+
+    images: list | torch.Tensor
+    latents: torch.Tensor
+    input_image: PreparedImage | None = None
+
+
+class Zero123Pipeline:
+    """Zero123-family novel-view sampler around a ``Zero123Model``."""
+
+    def __init__(self, model):
+        self.model = model
+        self._graphed = None  # optional CUDA-graph sampler, see enable_cuda_graph()
+
+    # ----- construction ------------------------------------------------------------------------------------
+    @classmethod
+    def from_model(cls, model) -> "Zero123Pipeline":
+        return cls(model)
+
+    @classmethod
+    def from_single_file(cls, path, variant=None, dtype=None, device=None, use_ema: bool = True):
+        """An original LDM ``.ckpt`` / ``.safetensors`` (EMA weights used when present)."""
+        from ..loading import load_ldm_checkpoint
+
+        return cls(load_ldm_checkpoint(path, variant=variant, use_ema=use_ema, dtype=dtype, device=device)[0])
+
+    @classmethod
+    def from_pretrained(cls, folder=None, variant=None, dtype=None, device=None):
+        """A diffusers-format folder; ``None`` loads the model bundled with the package."""
+        from ..loading import load_model
+
+        return cls(load_model(folder, variant=variant, dtype=dtype, device=device))
+
+    def save_pretrained(self, folder, half: bool = False):
+        from ..loading import save_pretrained
+
+        return save_pretrained(self.model, folder, half=half)
+
+    def to(self, device=None, dtype=None) -> "Zero123Pipeline":
+        self.model.to(device=device, dtype=dtype)
+        self._graphed = None
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def enable_cuda_graph(self, enabled: bool = True) -> "Zero123Pipeline":
+        """Capture the whole denoising loop in one CUDA graph per (views, steps, guidance, eta) on first use and
+        replay it afterwards (the loop is launch-bound on an H100). No effect on CPU."""
+        from .graphed_sampler import GraphedSamplerCache
+
+        self._graphed = GraphedSamplerCache(self.model) if enabled and self.device.type == "cuda" else None
+        return self
+
+    # ----- inputs ------------------------------------------------------------------------------------------
+    def prepare_image(self, image, matting=None, recentre: bool = True) -> PreparedImage:
+        """Path / PIL / array -> recentred, white-background input at the model's image size."""
+        return prepare_input_image(image, size=self.model.image_size, matting=matting, recentre=recentre)
+
+    def camera_batch(self, elevations, azimuths, radii=None, input_elevation=None) -> torch.Tensor:
+        """Validated camera embeddings ``[N,4]`` for camera changes (degrees, world units)."""
+        elevations, azimuths = _as_list(elevations, "elevations"), _as_list(azimuths, "azimuths")
+        radii = [0.0] * len(elevations) if radii is None else _as_list(radii, "radii")
+        if radii and len(radii) == 1 and len(elevations) > 1:
+            radii = radii * len(elevations)
+        if len(elevations) != len(azimuths) or len(radii) != len(elevations):
+            raise Zero123Error(f"camera lists differ in length: {len(elevations)} elevations, {len(azimuths)} "
+                               f"azimuths, {len(radii)} radii")
+        if not elevations:
+            raise Zero123Error("no target views given")
+        if input_elevation is None:
+            stable = self.model.variant is ConditioningVariant.STABLE_ZERO123
+            input_elevation = STABLE_ZERO123_DEFAULT_INPUT_ELEVATION if stable else 0.0
+        check_elevation(input_elevation, "input elevation")
+        for de, da, dr in zip(elevations, azimuths, radii):
+            check_elevation(input_elevation + de, f"target elevation (input {input_elevation:g} + change {de:g})")
+            if not math.isfinite(da):
+                raise Zero123Error(f"azimuth change {da} is not finite")
+            if not (math.isfinite(dr) and abs(dr) <= MAX_ABS_DELTA_RADIUS):
+                raise Zero123Error(f"radius change {dr} out of range [-{MAX_ABS_DELTA_RADIUS:g}, "
+                                   f"{MAX_ABS_DELTA_RADIUS:g}] (Zero123 was trained on radii 1.5 to 2.2)")
+        return self.model.camera_embedding(elevations, azimuths, radii, input_elevation)
+
+    # ----- sampling ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, image, elevations: Sequence[float], azimuths: Sequence[float], radii=None,
+                 input_elevation: float | None = None, num_inference_steps: int = 50, guidance_scale: float = 3.0,
+                 eta: float = 0.0, generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
+                 output_type: str = "pil", batch_size: int = 8, matting=None, recentre: bool = True,
+                 progress: bool = True) -> Zero123PipelineOutput:
+        """Sample one view per (elevation, azimuth, radius) change of ``image``.
+
+        ``image``: path, PIL image, or a tensor ``[1,3,H,W]`` in [-1,1] already at the model's size (used as is).
+        ``latents``: optional start noise ``[N,4,h,w]``. ``batch_size`` views are sampled together.
+        """
+        if output_type not in ("pil", "pt"):
+            raise Zero123Error(f"output_type must be 'pil' or 'pt', got {output_type!r}")
+        camera = self.camera_batch(elevations, azimuths, radii, input_elevation)
+        prepared = None
+        if isinstance(image, torch.Tensor):
+            images = image
+        else:
+            prepared = self.prepare_image(image, matting=matting, recentre=recentre)
+            images = prepared.tensor
+        images = images.to(self.device, self.model.dtype)
+        results, all_latents = [], []
+        clip_emb, concat = self.model.clip_embedding(images), self.model.concat_latent(images)
+        n = camera.shape[0]
+        bar = tqdm(total=n * (num_inference_steps - 1), desc="sampling views", unit="step", disable=not progress,
+                   leave=False)
+        for start in range(0, n, batch_size):
+            sl = slice(start, min(n, start + batch_size))
+            x_t = None if latents is None else latents[sl]
+            out = self.sample(None, camera[sl], num_inference_steps, guidance_scale, eta, generator, x_t,
+                              clip_embedding=clip_emb, concat_latent=concat, progress_bar=bar)
+            all_latents.append(out)
+            results.append(((self.model.decode_latents(out).float() + 1) / 2).clamp(0, 1))
+        bar.close()
+        images_out = torch.cat(results)
+        return Zero123PipelineOutput(images=tensor_to_images(images_out) if output_type == "pil" else images_out,
+                                     latents=torch.cat(all_latents), input_image=prepared)
+
+    @torch.no_grad()
+    def sample(self, images: torch.Tensor | None, camera: torch.Tensor, num_inference_steps: int = 50,
+               guidance_scale: float = 3.0, eta: float = 0.0, generator: torch.Generator | None = None,
+               latents: torch.Tensor | None = None, clip_embedding=None, concat_latent=None,
+               progress_bar=None) -> torch.Tensor:
+        """The denoising loop: scaled latents ``[N,4,h,w]`` for camera ``[N,4]`` and input ``images`` ``[1|N,3,H,W]``
+        (or precomputed ``clip_embedding`` / ``concat_latent``). Start noise ``latents`` or drawn from ``generator``."""
+        model = self.model
+        token, concat = model.conditioning(images, camera.to(self.device), clip_embedding, concat_latent)
+        n, h = camera.shape[0], model.unet.config.sample_size
+        shape = (n, model.latent_channels, h, h)
+        if latents is None:
+            latents = torch.randn(shape, generator=generator, device=_gen_device(generator, self.device))
+        elif tuple(latents.shape) != shape:
+            raise Zero123Error(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+        x = latents.to(self.device, torch.float32)
+        sampler = DDIMSampler(num_inference_steps, eta)
+        noises = None
+        if eta > 0:
+            noises = torch.randn((len(sampler),) + shape, generator=generator,
+                                 device=_gen_device(generator, self.device)).to(self.device)
+        if self._graphed is not None:
+            x = self._graphed.run(sampler, x, token, concat, guidance_scale, noises)
+            if progress_bar is not None:
+                progress_bar.update(len(sampler))
+            return x
+        for i, t in enumerate(sampler.timesteps.tolist()):
+            eps = model.guided_noise(x.to(model.dtype), torch.full((n,), t, device=self.device), token, concat,
+                                     guidance_scale).float()
+            x = sampler.step(i, x, eps, None if noises is None else noises[i])
+            if progress_bar is not None:
+                progress_bar.update(1)
+        return x
+
+
+def _gen_device(generator, fallback):
+    return generator.device if generator is not None else fallback
+
+
+def _as_list(values, name: str) -> list[float]:
+    if isinstance(values, (int, float)):
+        return [float(values)]
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise Zero123Error(f"{name} must be numbers, got {values!r}") from None
