@@ -69,8 +69,8 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict:
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         msg = str(exc)
-        detail = next((ln.strip() for ln in msg.splitlines() if "Unsupported global" in ln
-                       or "Unsupported operand" in ln), "")
+        detail = next((ln.strip().rstrip(".") for ln in msg.splitlines()
+                       if "unsupported global" in ln.lower() or "unsupported operand" in ln.lower()), "")
         if detail or "weights_only" in msg.lower() or "Weights only load failed" in msg:
             raise CheckpointError(
                 f"refusing to load {path}: its pickle asks for something other than plain tensors and numbers "
