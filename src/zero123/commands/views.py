@@ -33,6 +33,8 @@ def add_parser(sub, name, summary):
     p.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3.0)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic; zero123's demo uses 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fast", action="store_true",
+                   help="GPU fast path: compiled UNet + one CUDA graph per sampling loop (first call ~1 min)")
     p.add_argument("--no-recentre", action="store_true",
                    help="use the image as is (already centred on white at the model's size)")
     add_model_options(p)
@@ -65,6 +67,8 @@ def run(args) -> int:
         if args.checkpoint is None or Path(args.checkpoint).is_dir() else \
         Zero123Pipeline.from_single_file(args.checkpoint, variant=args.variant, dtype=dtype, device=device)
     pipe.camera_batch(elevations, azimuths, radii, args.input_elevation)  # validate cameras before sampling
+    if args.fast:
+        pipe.enable_fast_path()
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     out = pipe(args.image, elevations, azimuths, radii, input_elevation=args.input_elevation,
                num_inference_steps=args.steps, guidance_scale=args.guidance_scale, eta=args.eta,
