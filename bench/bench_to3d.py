@@ -1,0 +1,253 @@
+"""Benchmark of image-to-3D (``zero123.pipelines.image_to_3d``): naive vs fast path, side by side.
+
+* **naive**: the diffusion model in float32 as built (diffusers' default attention processors).
+* **fast**: float16 weights, channels_last, the single-token cross-attention shortcut
+  (``zero123.models.optimizations``); optionally the guided UNet pass replayed from a CUDA graph (``--graph``).
+
+The field, renderer and losses are identical in both (float32, pure PyTorch). Reported:
+
+1. time of one full training step (random views + SDS + reference view + backward + Adam) at each resolution
+   stage of the recipe (64/128/256 px, batch 12/8/4; reference 128/256/512 px), and of the SDS part alone
+   (VAE encode with gradient + guided UNet + backward into the renders), median of ``--iters`` after ``--warmup``;
+2. peak GPU memory of each path;
+3. wall time of the whole ``default`` recipe (600 steps + mesh/texture/video export) and of the ``fast`` preset,
+   with the fast path (``--skip-full`` to omit); for the naive path the recipe time is estimated from the
+   per-stage step times.
+
+Full-size random weights (``full_size_config('stable_zero123')``): timings are those of the real networks.
+``--tiny`` runs everything with the tiny model / tiny preset on CPU in seconds (smoke test).
+
+    python bench/bench_to3d.py --out bench_to3d.json
+    python bench/bench_to3d.py --tiny --out /tmp/b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def synthetic_image(size: int = 256) -> np.ndarray:
+    """An RGBA test object: a two-colour ellipsoid-like blob with a stripe, transparent background."""
+    yy, xx = np.mgrid[:size, :size] / size
+    cx, cy = 0.5, 0.55
+    body = ((xx - cx) / 0.28) ** 2 + ((yy - cy) / 0.33) ** 2 < 1
+    head = ((xx - 0.5) / 0.15) ** 2 + ((yy - 0.22) / 0.13) ** 2 < 1
+    mask = body | head
+    rgba = np.zeros((size, size, 4), np.uint8)
+    rgba[..., 0] = np.where(head, 230, 60)
+    rgba[..., 1] = np.where(head, 180, 120 + (60 * (np.sin(xx * 30) > 0)).astype(np.uint8))
+    rgba[..., 2] = np.where(head, 40, 200)
+    rgba[..., 3] = mask * 255
+    return rgba
+
+
+class Timer:
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn, warmup: int, iters: int) -> list:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(iters):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda.synchronize()
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 1000.0)
+            else:
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+        return times
+
+
+def build_model(args, device, fast: bool):
+    from zero123.models.configs import full_size_config, tiny_config
+
+    cfg = tiny_config("stable_zero123") if args.tiny else full_size_config("stable_zero123")
+    model = cfg.build(seed=0, device=device, dtype=torch.float32).eval().requires_grad_(False)
+    if fast:
+        if device.type == "cuda":
+            model = model.to(torch.float16)
+        from zero123.models.optimizations import optimize_for_inference
+
+        optimize_for_inference(model, channels_last=device.type == "cuda")
+    return model
+
+
+def stage_steps(cfg) -> list:
+    """A training step inside each resolution stage (the step just after each milestone)."""
+    out = [0]
+    for m in cfg.cameras.milestones:
+        out.append(int(np.ceil(m * cfg.steps / cfg.schedule_steps)))
+    return out
+
+
+def bench_path(name, args, device, image, fast: bool, graph: bool = False) -> dict:
+    from zero123.pipelines.image_to_3d import ImageTo3DTrainer, prepare_reference
+    from zero123.pipelines.image_to_3d_config import preset_config
+
+    timer = Timer(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model = build_model(args, device, fast)
+    cfg = preset_config("tiny" if args.tiny else "default")
+    cfg.sds.cuda_graph = graph
+    ref = prepare_reference(image, cfg.reference_image_size, model.image_size)
+    trainer = ImageTo3DTrainer(model, ref, cfg, seed=0)
+    # shape the field a little (a few steps at stage 0) so the sample counts resemble a real run
+    for _ in range(args.prime_steps):
+        trainer.train_step()
+    base_state = copy.deepcopy(trainer.state_dict())
+    res = {"path": name, "stages": []}
+    for stage, step in enumerate(stage_steps(cfg)):
+        trainer.load_state_dict(copy.deepcopy(base_state))
+
+        def one_step():
+            trainer.step = step
+            trainer.train_step()
+
+        step_times = timer(one_step, args.warmup, args.iters)
+        # SDS alone at this stage's batch/resolution
+        cc = cfg.cameras
+        B, r = cc.batch_sizes[stage], cc.resolutions[stage]
+        g = torch.Generator(device=device).manual_seed(0)
+        rgb = torch.rand(B, r, r, 3, device=device, requires_grad=True)
+        elev = torch.full((B,), 20.0)
+        azim = torch.linspace(-180, 180, B + 1)[:-1]
+        rad = torch.full((B,), cc.distance)
+        sched = cfg.schedule_step(step)
+
+        def sds_step():
+            out = trainer.guidance(rgb, elev, azim, rad, sched, generator=g)
+            out.loss.backward()
+            rgb.grad = None
+
+        sds_times = timer(sds_step, args.warmup, args.iters)
+        res["stages"].append({"stage": stage, "step": step, "batch": B, "resolution": r,
+                              "reference_resolution": cc.reference_resolutions[stage],
+                              "train_step_s": statistics.median(step_times),
+                              "sds_s": statistics.median(sds_times),
+                              "samples": trainer.last_losses.get("samples")})
+    # estimated recipe time = sum over stages of (steps in stage) x (step time)
+    bounds = stage_steps(cfg) + [cfg.steps]
+    res["estimated_train_s"] = sum((bounds[i + 1] - bounds[i]) * s["train_step_s"]
+                                   for i, s in enumerate(res["stages"]))
+    if device.type == "cuda":
+        res["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    del trainer, model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+def full_run(name, args, device, image, preset: str, graph: bool) -> dict:
+    from zero123.pipelines.image_to_3d import to3d
+    from zero123.pipelines.image_to_3d_config import preset_config
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model = build_model(args, device, fast=True)
+    cfg = preset_config("tiny" if args.tiny else preset)
+    cfg.sds.cuda_graph = graph
+    with tempfile.TemporaryDirectory() as d:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        result = to3d(image, out_dir=d, model=model, config=cfg, progress=not args.no_progress)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+    out = {"run": name, "preset": cfg.preset, "steps": cfg.steps, "wall_s": wall,
+           "timings": {k: round(v, 3) for k, v in result.timings.items()}, "faces": result.num_faces}
+    if device.type == "cuda":
+        out["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    del model
+    gc.collect()
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--tiny", action="store_true", help="tiny model + tiny preset (CPU smoke test)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--prime-steps", type=int, default=None, help="training steps before timing")
+    p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--skip-full", action="store_true", help="skip the full default/fast preset runs")
+    p.add_argument("--graph", action="store_true", help="also time the fast path with the CUDA-graph UNet")
+    p.add_argument("--full-graph", action="store_true", help="use the CUDA-graph UNet in the full runs")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 3)
+    args.iters = args.iters if args.iters is not None else (2 if args.tiny else 10)
+    args.prime_steps = args.prime_steps if args.prime_steps is not None else (1 if args.tiny else 30)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    from PIL import Image
+
+    image = Image.fromarray(synthetic_image(64 if args.tiny else 256))
+    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "tiny": args.tiny}
+    paths = []
+    if not args.skip_naive:
+        paths.append(bench_path("naive (fp32)", args, device, image, fast=False))
+    paths.append(bench_path("fast (fp16, channels_last, 1-token attn)", args, device, image, fast=True))
+    if args.graph and device.type == "cuda":
+        try:
+            paths.append(bench_path("fast + CUDA-graph UNet", args, device, image, fast=True, graph=True))
+        except Exception as exc:  # report, keep going
+            paths.append({"path": "fast + CUDA-graph UNet", "error": repr(exc)})
+    runs = []
+    if not args.skip_full:
+        runs.append(full_run("default recipe, fast path", args, device, image, "default", args.full_graph))
+        if not args.tiny:
+            runs.append(full_run("fast preset, fast path", args, device, image, "fast", args.full_graph))
+
+    # table
+    print(f"\nimage-to-3D benchmark on {info['device']} (torch {info['torch']})")
+    print(f"{'path':44s} {'stage':>5s} {'views':>9s} {'ref':>5s} {'step ms':>9s} {'SDS ms':>8s} {'samples':>9s}")
+    for r in paths:
+        if "error" in r:
+            print(f"{r['path']:44s} error: {r['error']}")
+            continue
+        for s in r["stages"]:
+            print(f"{r['path']:44s} {s['stage']:5d} {s['batch']:3d}x{s['resolution']:<5d} "
+                  f"{s['reference_resolution']:5d} {1000 * s['train_step_s']:9.1f} {1000 * s['sds_s']:8.1f} "
+                  f"{s['samples'] if s['samples'] is not None else 0:9d}")
+        mem = f", peak {r['peak_mem_gib']:.2f} GiB" if "peak_mem_gib" in r else ""
+        print(f"{'':44s} estimated recipe training time {r['estimated_train_s']:.1f} s{mem}")
+    for r in runs:
+        mem = f", peak {r['peak_mem_gib']:.2f} GiB" if "peak_mem_gib" in r else ""
+        print(f"full run: {r['run']}: {r['steps']} steps, {r['wall_s']:.1f} s total{mem}; {r['timings']}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"info": info, "paths": paths, "runs": runs}, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

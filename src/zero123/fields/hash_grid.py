@@ -1,0 +1,185 @@
+"""Multi-resolution hash-grid encoding (Instant-NGP / tiny-cuda-nn ``HashGrid``) in pure PyTorch.
+
+Input points are in the unit cube ``[0, 1]^3``. Level ``l`` has ``scale_l = base_resolution * per_level_scale**l
+- 1`` and ``resolution_l = ceil(scale_l) + 1`` grid vertices per axis (tiny-cuda-nn's convention); a point maps to
+``pos = x * scale_l + 0.5`` and is trilinearly interpolated from the 8 surrounding vertices. Coarse levels whose
+``resolution_l**3`` vertices fit in the table are indexed densely (``x + y*R + z*R^2``), the others through the
+coherent prime hash ``(x * 1) ^ (y * 2654435761) ^ (z * 805459861)`` modulo the (power-of-two) table size, as
+tiny-cuda-nn does (dense levels clamp the far-boundary vertex instead of wrapping). Parameters of all levels live in one ``[sum(T_l), F]`` table (init U(-1e-4, 1e-4)).
+
+Besides the features the encoder can return their **spatial Jacobian** ``d features / d x`` (analytic derivative of
+the trilinear weights), so analytic normals need no double backward: both outputs are linear in the table, and
+the custom autograd function below recomputes the corner indices in its backward instead of storing them. It
+saves only the input points, so memory per point is a few bytes instead of ``levels x 8`` indices.
+No gradient flows to the input points (ray samples are not optimised).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+_PRIMES = (1, 2654435761, 805459861)
+
+
+def level_layout(n_levels: int, log2_hashmap_size: int, base_resolution: int, per_level_scale: float):
+    """Per-level ``(scale, resolution, table_size, dense)`` lists, tiny-cuda-nn's arithmetic."""
+    scales, resolutions, sizes, dense = [], [], [], []
+    max_size = 2 ** log2_hashmap_size
+    for level in range(n_levels):
+        scale = base_resolution * per_level_scale ** level - 1.0
+        res = int(math.ceil(scale)) + 1
+        n_dense = res ** 3
+        n_dense = (n_dense + 7) // 8 * 8
+        size = min(max_size, n_dense)
+        scales.append(scale)
+        resolutions.append(res)
+        sizes.append(size)
+        dense.append(n_dense <= max_size)
+    return scales, resolutions, sizes, dense
+
+
+class _Layout:
+    """Index tensors of the layout on one device (cached per device). Dense levels come first (coarse)."""
+
+    def __init__(self, scales, resolutions, sizes, dense, device):
+        self.n_levels = len(scales)
+        self.n_dense = int(sum(dense))
+        if any(dense[self.n_dense:]):
+            raise ValueError("dense levels must precede hashed levels")
+        self.scales = torch.tensor(scales, dtype=torch.float32, device=device)            # [L]
+        self.res = torch.tensor(resolutions, dtype=torch.int64, device=device)            # [L]
+        self.sizes = torch.tensor(sizes, dtype=torch.int64, device=device)                # [L]
+        offsets = [0]
+        for size in sizes[:-1]:
+            offsets.append(offsets[-1] + size)
+        self.offsets = torch.tensor(offsets, dtype=torch.int64, device=device)           # [L]
+        hashed_sizes = set(sizes[self.n_dense:])
+        if len(hashed_sizes) > 1 or any(h & (h - 1) for h in hashed_sizes):
+            raise ValueError("hashed levels must share one power-of-two table size")
+        self.hash_mask = (next(iter(hashed_sizes)) - 1) if hashed_sizes else 0
+        self.primes = torch.tensor(_PRIMES, dtype=torch.int64, device=device)             # [3]
+        self.bit = torch.tensor([0, 1], dtype=torch.int64, device=device)                 # [2]
+        self.sign = torch.tensor([-1.0, 1.0], dtype=torch.float32, device=device)          # [2]
+
+
+def _corner_indices_and_weights(x: torch.Tensor, lay: _Layout, with_jacobian: bool):
+    """For points ``x`` [N,3] in [0,1]: flat table indices [N,L,8], weights [N,L,8], and (optionally)
+    d weights / d x [N,L,8,3] (already multiplied by the level scale).
+
+    Corner ``c = dx + 2 dy + 4 dz``. Per-axis terms are formed on [N,L,2] tensors and combined by broadcasting,
+    which keeps the int64 work on [N,L,8] to one xor/add per axis.
+    """
+    n, L, D = x.shape[0], lay.n_levels, lay.n_dense
+    pos = x[:, None, :].float() * lay.scales[None, :, None] + 0.5            # [N,L,3]
+    base_f = torch.floor(pos)
+    frac = pos - base_f                                                      # [N,L,3] in [0,1)
+    coord = base_f.long()[..., None] + lay.bit                               # [N,L,3,2] corner coordinate per axis
+    cx, cy, cz = coord.unbind(2)                                             # each [N,L,2]
+    parts = []
+    if D > 0:
+        res = lay.res[:D, None]
+        hi = res - 1
+        dx, dy, dz = cx[:, :D].clamp(max=hi), cy[:, :D].clamp(max=hi), cz[:, :D].clamp(max=hi)
+        di = (dz * (res * res))[:, :, :, None, None] + (dy * res)[:, :, None, :, None] + dx[:, :, None, None, :]
+        parts.append(di.reshape(n, D, 8))
+    if D < L:
+        hx, hy, hz = (c[:, D:] * p for c, p in zip((cx, cy, cz), lay.primes.tolist()))
+        hi_ = hz[:, :, :, None, None] ^ hy[:, :, None, :, None] ^ hx[:, :, None, None, :]
+        parts.append(hi_.reshape(n, L - D, 8) & lay.hash_mask)
+    idx = (torch.cat(parts, 1) if len(parts) > 1 else parts[0]) + lay.offsets[None, :, None]   # [N,L,8]
+    a = torch.stack([1 - frac, frac], dim=-1)                                # [N,L,3,2] per-axis weights
+    ax, ay, az = a.unbind(2)
+    w = (az[:, :, :, None, None] * ay[:, :, None, :, None] * ax[:, :, None, None, :]).reshape(n, L, 8)
+    if not with_jacobian:
+        return idx, w, None
+    s = lay.sign * lay.scales[:, None]                                       # [L,2] d a / d x
+    s = s[None]
+    gx = (az[:, :, :, None, None] * ay[:, :, None, :, None] * s[:, :, None, None, :]).reshape(n, L, 8)
+    gy = (az[:, :, :, None, None] * s[:, :, None, :, None] * ax[:, :, None, None, :]).reshape(n, L, 8)
+    gz = (s[:, :, :, None, None] * ay[:, :, None, :, None] * ax[:, :, None, None, :]).reshape(n, L, 8)
+    return idx, w, torch.stack([gx, gy, gz], dim=-1)
+
+
+class _HashGridFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, table, lay, with_jacobian, chunk):
+        feats, jacs = [], []
+        for s in range(0, x.shape[0], chunk):
+            xc = x[s:s + chunk]
+            idx, w, dw = _corner_indices_and_weights(xc, lay, with_jacobian)
+            vals = torch.index_select(table, 0, idx.reshape(-1)).view(*idx.shape, -1)   # [n,L,8,F]
+            feats.append((w.to(vals.dtype)[..., None] * vals).sum(2).flatten(1))
+            if with_jacobian:
+                # [n, L*F, 3]
+                jacs.append(torch.einsum("nlck,nlcf->nlfk", dw.to(vals.dtype), vals).flatten(1, 2))
+        ctx.save_for_backward(x)
+        ctx.lay, ctx.with_jacobian, ctx.chunk, ctx.table_shape = lay, with_jacobian, chunk, table.shape
+        ctx.table_dtype = table.dtype
+        feat = torch.cat(feats) if feats else table.new_zeros(0, lay.scales.numel() * table.shape[1])
+        if with_jacobian:
+            jac = torch.cat(jacs) if jacs else table.new_zeros(0, feat.shape[1], 3)
+            return feat, jac
+        return feat, None
+
+    @staticmethod
+    def backward(ctx, grad_feat, grad_jac):
+        (x,) = ctx.saved_tensors
+        lay = ctx.lay
+        n_levels = lay.scales.numel()
+        n_feat = ctx.table_shape[1]
+        grad_table = torch.zeros(ctx.table_shape, dtype=torch.float32, device=x.device)
+        for s in range(0, x.shape[0], ctx.chunk):
+            xc = x[s:s + ctx.chunk]
+            use_jac = ctx.with_jacobian and grad_jac is not None
+            idx, w, dw = _corner_indices_and_weights(xc, lay, use_jac)
+            coef = torch.zeros(*w.shape, n_feat, dtype=torch.float32, device=x.device)   # [n,L,8,F]
+            if grad_feat is not None:
+                g = grad_feat[s:s + ctx.chunk].float().view(-1, n_levels, n_feat)
+                coef = coef + w[..., None] * g[:, :, None, :]
+            if use_jac:
+                gj = grad_jac[s:s + ctx.chunk].float().view(-1, n_levels, n_feat, 3)
+                coef = coef + torch.einsum("nlck,nlfk->nlcf", dw, gj)
+            grad_table.index_add_(0, idx.reshape(-1), coef.reshape(-1, n_feat))
+        return None, grad_table.to(ctx.table_dtype), None, None, None
+
+
+class HashGridEncoding(nn.Module):
+    """``[N,3]`` points in [0,1] -> ``[N, n_levels * n_features]`` features (and optionally their Jacobian).
+
+    Args mirror tiny-cuda-nn's ``HashGrid`` config: ``n_levels`` (16), ``n_features_per_level`` (2),
+    ``log2_hashmap_size`` (19), ``base_resolution`` (16), ``per_level_scale`` (1.4473 -> finest 4096).
+    ``chunk``: points processed at once inside forward/backward (bounds temporary memory ~ chunk * L * 8 * 24 B).
+    """
+
+    def __init__(self, n_levels: int = 16, n_features_per_level: int = 2, log2_hashmap_size: int = 19,
+                 base_resolution: int = 16, per_level_scale: float = 1.447269237440378, chunk: int = 1 << 18):
+        super().__init__()
+        self.n_levels, self.n_features_per_level = n_levels, n_features_per_level
+        self.chunk = int(chunk)
+        self._layout_args = level_layout(n_levels, log2_hashmap_size, base_resolution, per_level_scale)
+        total = sum(self._layout_args[2])
+        self.table = nn.Parameter(torch.empty(total, n_features_per_level).uniform_(-1e-4, 1e-4))
+        self._layouts: dict = {}
+
+    @property
+    def n_output_dims(self) -> int:
+        return self.n_levels * self.n_features_per_level
+
+    @property
+    def resolutions(self) -> list:
+        return list(self._layout_args[1])
+
+    def _layout(self, device) -> _Layout:
+        key = str(device)
+        if key not in self._layouts:
+            self._layouts[key] = _Layout(*self._layout_args, device=device)
+        return self._layouts[key]
+
+    def forward(self, x: torch.Tensor, with_jacobian: bool = False):
+        """Returns ``features [N, L*F]`` and, when ``with_jacobian``, ``d features / d x`` ``[N, L*F, 3]``
+        (else ``None``). ``x`` is detached: no gradient flows to the points."""
+        x = x.detach().reshape(-1, 3).contiguous()
+        return _HashGridFunction.apply(x, self.table, self._layout(x.device), bool(with_jacobian), self.chunk)

@@ -1,0 +1,4 @@
+"""Pipelines: novel views (``zero123_pipeline``), image-to-3D (``image_to_3d``), text-to-3D (``text_to_3d``).
+
+Import the submodules directly; nothing is imported eagerly here so ``import zero123`` stays light.
+"""

@@ -1,0 +1,449 @@
+"""Image to 3D: one object photo -> textured mesh (OBJ/GLB/PLY) + turntable video, by SDS with a Zero123 model.
+
+threestudio's ``stable-zero123`` recipe (see :mod:`zero123.pipelines.image_to_3d_config`), without custom CUDA:
+a hash-grid NeRF (:mod:`zero123.fields`) is rendered (:mod:`zero123.rendering.volume`) from random cameras and
+optimised with score distillation from the diffusion model (:mod:`zero123.guidance.sds`) plus the reference-view
+RGB/mask losses and regularisers; then marching cubes, a baked UV texture and videos (:mod:`zero123.export`).
+
+Each training step, as threestudio's ``zero123-system`` with ``ref_or_zero123: accumulate``:
+  * random views: ``lambda_sds * SDS + regularisers (orient, 2D/3D normal smoothness, sparsity, opaque)``;
+  * the reference view (elevation ``input_elevation``, azimuth 0, distance 3.8, fovy 20):
+    ``lambda_rgb * MSE(rgb) + lambda_mask * MSE(mask) + regularisers (no sparsity)``;
+  * one Adam step on the sum (the two parts are back-propagated one after the other, which gives the same
+    gradient with half the peak memory).
+
+Runs are resumable: ``<out>/checkpoints/state.pt`` (field, occupancy grid, optimiser, random-generator states,
+step, config) is written every ``checkpoint_every`` steps and on Ctrl-C; ``resume=<out dir or file>`` continues
+and gives exactly the steps an uninterrupted run would have taken (same seed, same device).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import Zero123Error
+from ..fields import NeRFField, OccupancyGrid
+from ..guidance.losses import mask_loss, reference_rgb_loss, regularisers
+from ..guidance.sds import SDSGuidance
+from ..rendering.cameras import Cameras, orbit_cameras, sample_cameras, turntable_cameras
+from ..rendering.volume import render, render_chunked
+from .image_to_3d_config import ImageTo3DConfig, preset_config
+
+CHECKPOINT_NAME = "state.pt"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class ImageTo3DResult:
+    """Paths of the written files (None when not written) and the last step's losses."""
+
+    out_dir: Path
+    obj: Optional[Path] = None
+    mtl: Optional[Path] = None
+    texture: Optional[Path] = None
+    glb: Optional[Path] = None
+    ply: Optional[Path] = None
+    mp4: Optional[Path] = None
+    gif: Optional[Path] = None
+    preview: Optional[Path] = None
+    checkpoint: Optional[Path] = None
+    losses: dict = field(default_factory=dict)
+    steps: int = 0
+    timings: dict = field(default_factory=dict)
+    num_vertices: int = 0
+    num_faces: int = 0
+
+
+# ----- input -------------------------------------------------------------------------------------------------
+@dataclass
+class ReferenceImage:
+    """The prepared input: ``rgb`` ``[1,S,S,3]`` in [0,1] (colours of the recentred RGBA, not composited),
+    ``mask`` ``[1,S,S,1]`` bool (alpha > 0.5), ``condition`` ``[1,3,s,s]`` in [-1,1] on white at model size."""
+
+    rgb: torch.Tensor
+    mask: torch.Tensor
+    condition: torch.Tensor
+    rgba_image: object  # PIL image
+
+
+def prepare_reference(image, size: int, model_size: int) -> ReferenceImage:
+    """Segment/recentre the input with :mod:`zero123.preprocessing` (object at 0.8 of the frame, white
+    background) and build the reference-view targets. ``image``: path, PIL image or array."""
+    from ..preprocessing import image_to_tensor, prepare_input_image
+
+    prep = prepare_input_image(image, size=size)
+    rgba = np.asarray(prep.rgba.convert("RGBA"), dtype=np.float32) / 255.0
+    rgb = torch.from_numpy(rgba[..., :3].copy())[None]
+    mask = torch.from_numpy(rgba[..., 3:] > 0.5)[None]
+    if model_size == size:
+        cond = prep.tensor
+    else:
+        from PIL import Image
+
+        cond = image_to_tensor(prep.rgb.resize((model_size, model_size), Image.Resampling.LANCZOS))
+    return ReferenceImage(rgb=rgb, mask=mask, condition=cond.float(), rgba_image=prep.rgba)
+
+
+def _resize_reference(ref: ReferenceImage, res: int, device):
+    rgb = ref.rgb.permute(0, 3, 1, 2)
+    mask = ref.mask.permute(0, 3, 1, 2).float()
+    if rgb.shape[-1] != res:
+        rgb = F.interpolate(rgb, (res, res), mode="area")
+        mask = F.interpolate(mask, (res, res), mode="area")
+    return rgb.permute(0, 2, 3, 1).to(device), (mask.permute(0, 2, 3, 1) > 0.5).to(device)
+
+
+# ----- checkpoints -------------------------------------------------------------------------------------------
+def _atomic_torch_save(obj, path: Path) -> Path:
+    from ..export.writers import atomic_write_with
+
+    return atomic_write_with(path, lambda tmp: torch.save(obj, tmp))
+
+
+def checkpoint_path(path) -> Path:
+    """``path`` itself if it is a file, else ``<path>/checkpoints/state.pt``."""
+    p = Path(path)
+    return p if p.is_file() else p / "checkpoints" / CHECKPOINT_NAME
+
+
+def load_checkpoint(path) -> dict:
+    p = checkpoint_path(path)
+    if not p.is_file():
+        raise Zero123Error(f"no image-to-3D checkpoint found at {p}")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated / not a checkpoint
+        raise Zero123Error(f"{p} is not a readable image-to-3D checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "field" not in state:
+        raise Zero123Error(f"{p} is not an image-to-3D checkpoint of this version")
+    return state
+
+
+# ----- the trainer -------------------------------------------------------------------------------------------
+class ImageTo3DTrainer:
+    """Holds the field, occupancy grid, optimiser, guidance and random generators of one run.
+
+    ``generator`` streams: ``cpu_gen`` (cameras, backgrounds, shading choices) and ``dev_gen`` (ray offsets,
+    SDS timesteps/noise, VAE posterior samples, occupancy jitter) on the model's device.
+    The diffusion model is put in eval mode and frozen (``requires_grad_(False)``): only the field is trained.
+    """
+
+    def __init__(self, model, reference: ReferenceImage, config: ImageTo3DConfig, seed: int = 0):
+        model.eval().requires_grad_(False)
+        self.model, self.cfg, self.reference = model, config, reference
+        self.device = model.device
+        torch.manual_seed(seed)  # field initialisation
+        self.field = NeRFField(config.field).to(self.device)
+        oc = config.occupancy
+        self.occupancy = OccupancyGrid(config.field.radius, oc.resolution, oc.update_every, oc.ema_decay,
+                                       oc.threshold).to(self.device)
+        o = config.optimizer
+        self.optimizer = torch.optim.Adam(self.field.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        self.cpu_gen = torch.Generator().manual_seed(seed)
+        self.dev_gen = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self.guidance = SDSGuidance(model, reference.condition, config.sds)
+        self.step = 0
+        self.last_losses: dict = {}
+        self._ref_cache: dict = {}
+
+    # ----- state ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"version": CHECKPOINT_VERSION, "step": self.step, "config": self.cfg.to_dict(),
+                "field": self.field.state_dict(), "occupancy": self.occupancy.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "cpu_rng": self.cpu_gen.get_state(),
+                "dev_rng": self.dev_gen.get_state(), "losses": dict(self.last_losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.field.load_state_dict(state["field"])
+        self.occupancy.load_state_dict(state["occupancy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.cpu_gen.set_state(state["cpu_rng"])
+        self.dev_gen.set_state(state["dev_rng"].to(torch.uint8).cpu())
+        self.step = int(state["step"])
+        self.last_losses = dict(state.get("losses", {}))
+
+    def save(self, path: Path) -> Path:
+        return _atomic_torch_save(self.state_dict(), path)
+
+    # ----- one step ---------------------------------------------------------------------------------------
+    def _reference_targets(self, res: int):
+        if res not in self._ref_cache:
+            self._ref_cache = {res: _resize_reference(self.reference, res, self.device)}
+        return self._ref_cache[res]
+
+    def _shading(self, sched_step: float):
+        m = self.cfg.material
+        r = torch.rand(3, generator=self.cpu_gen).tolist()
+        if sched_step < m.ambient_only_steps or r[0] > m.diffuse_prob:
+            return "albedo"
+        return "textureless" if r[1] < m.textureless_prob else "diffuse"
+
+    def train_step(self) -> dict:
+        """One optimisation step; returns the weighted loss terms (floats)."""
+        cfg, step = self.cfg, self.step
+        sched = cfg.schedule_step(step)
+        stage = cfg.stage(step)
+        cc = cfg.cameras
+        lam = cfg.losses.at(sched)
+        step_size = cfg.render.step_size(cfg.field.radius)
+        if step % self.occupancy.update_every == 0:
+            self.occupancy.update(self.field.density, step_size, generator=self.dev_gen)
+        need_normals = any(lam[k] > 0 for k in ("orient", "normal_smooth", "normal_smooth_3d"))
+        perturb = cfg.normal_perturb_std if lam["normal_smooth_3d"] > 0 else 0.0
+        logs = {}
+
+        # random views: SDS + regularisers
+        B, res = cc.batch_sizes[stage], cc.resolutions[stage]
+        cams = sample_cameras(B, self.cpu_gen, cc.elevation_range, cc.azimuth_range, (cc.distance, cc.distance),
+                              (cc.fovy, cc.fovy), cc.light_distance_range, cc.light_position_perturb)
+        white = torch.rand(B, generator=self.cpu_gen) < cc.white_background_prob
+        bg = torch.where(white[:, None], torch.ones(B, 3), torch.rand(B, 3, generator=self.cpu_gen))
+        shading = self._shading(sched)
+        ambient_ratio = cfg.material.ambient_ratio_min + (1 - cfg.material.ambient_ratio_min) * float(
+            torch.rand(1, generator=self.cpu_gen))
+        out = render(self.field, cams, res, occupancy=self.occupancy, background=bg, shading=shading,
+                     ambient_ratio=ambient_ratio, with_normals=need_normals, normal_perturb_std=perturb,
+                     settings=cfg.render, generator=self.dev_gen)
+        sds = self.guidance(out.rgb, cams.elevation, cams.azimuth, cams.radius, sched, generator=self.dev_gen)
+        terms = {"sds": sds.loss, **regularisers(out, with_sparsity=True)}
+        loss_z = sum(lam[k] * v for k, v in terms.items())
+        logs.update({f"z/{k}": v.detach() for k, v in terms.items()})
+        samples = out.stats["samples"]
+        del out
+        if loss_z.requires_grad:
+            loss_z.backward()
+
+        # reference view: RGB + mask + regularisers
+        rres = cc.reference_resolutions[stage]
+        gt_rgb, gt_mask = self._reference_targets(rres)
+        ref_cam = orbit_cameras(cfg.sds.input_elevation, cfg.sds.input_azimuth, cc.distance, cc.fovy)
+        white1 = torch.ones(1, 3, device=self.device)
+        out_r = render(self.field, ref_cam, rres, occupancy=self.occupancy, background=white1, shading="diffuse",
+                       ambient_ratio=1.0, with_normals=need_normals, normal_perturb_std=perturb,
+                       settings=cfg.render, generator=self.dev_gen)
+        terms_r = {"rgb": reference_rgb_loss(out_r.rgb, gt_rgb, gt_mask, white1),
+                   "mask": mask_loss(out_r.opacity, gt_mask), **regularisers(out_r, with_sparsity=False)}
+        loss_r = sum(lam[k] * v for k, v in terms_r.items())
+        logs.update({f"ref/{k}": v.detach() for k, v in terms_r.items()})
+        del out_r
+        if loss_r.requires_grad:
+            loss_r.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        logs["loss"] = (loss_z + loss_r).detach()
+        self.last_losses = {k: float(v) for k, v in logs.items()}
+        self.last_losses["samples"] = samples
+        return self.last_losses
+
+
+# ----- export ------------------------------------------------------------------------------------------------
+def _to_uint8(img: torch.Tensor) -> np.ndarray:
+    return (img.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def export_results(trainer: ImageTo3DTrainer, out_dir: Path, result: ImageTo3DResult, progress: bool = True):
+    """Mesh (OBJ+MTL+texture, GLB, PLY with vertex colours), turntable MP4 + GIF and a preview grid."""
+    from ..export import bake_texture, extract_mesh, image_grid, vertex_colors
+    from ..export.writers import write_gif, write_glb, write_mp4, write_obj, write_ply, write_png
+
+    cfg, ex = trainer.cfg, trainer.cfg.export
+    field_, dev = trainer.field, trainer.device
+    t0 = time.perf_counter()
+    mesh = extract_mesh(field_, ex.mesh)
+    if len(mesh.faces) == 0:
+        raise Zero123Error("marching cubes found no surface: the reconstruction is empty")
+    if ex.max_faces and len(mesh.faces) > ex.max_faces:
+        mesh = mesh.simplify_quadric_decimation(face_count=ex.max_faces)
+    t1 = time.perf_counter()
+
+    def albedo_fn(p):
+        return field_.albedo(p.to(dev))
+
+    textured = bake_texture(mesh, albedo_fn, ex.texture_size)
+    t2 = time.perf_counter()
+    files = write_obj(textured, out_dir / "model.obj")
+    result.obj = files["obj"]
+    result.mtl = next((p for n, p in files.items() if n.endswith(".mtl")), None)
+    result.texture = next((p for n, p in files.items() if n.endswith((".png", ".jpg"))), None)
+    result.glb = write_glb(textured, out_dir / "model.glb")
+    colored = mesh.copy()
+    colored.visual.vertex_colors = vertex_colors(mesh, albedo_fn)
+    result.ply = write_ply(colored, out_dir / "model.ply")
+    result.num_vertices, result.num_faces = len(mesh.vertices), len(mesh.faces)
+    t3 = time.perf_counter()
+
+    # turntable
+    cc = cfg.cameras
+    cams = turntable_cameras(ex.video_frames, cfg.sds.input_elevation, cc.distance, cc.fovy,
+                             start_azimuth=cfg.sds.input_azimuth)
+    frames = render_chunked(field_, cams, ex.video_size, occupancy=trainer.occupancy, settings=cfg.render,
+                            shading="albedo", max_images=8).rgb
+    frames = _to_uint8(frames)
+    result.mp4 = write_mp4(frames, out_dir / "turntable.mp4", fps=ex.video_fps)
+    idx = np.linspace(0, len(frames), num=min(ex.gif_frames, len(frames)), endpoint=False).astype(int)
+    gif = torch.from_numpy(frames[idx]).permute(0, 3, 1, 2).float()
+    if ex.gif_size != ex.video_size:
+        gif = F.interpolate(gif, (ex.gif_size, ex.gif_size), mode="area")
+    result.gif = write_gif(gif.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8).numpy(),
+                           out_dir / "turntable.gif", fps=max(1, ex.video_fps // 2))
+    t4 = time.perf_counter()
+
+    # preview: input + 4 views (albedo) / normals
+    pc = turntable_cameras(4, cfg.sds.input_elevation, cc.distance, cc.fovy, start_azimuth=cfg.sds.input_azimuth)
+    pv = render_chunked(field_, pc, ex.preview_size, occupancy=trainer.occupancy, settings=cfg.render,
+                        shading="albedo", with_normals=True)
+    ref = trainer.reference
+    inp = torch.where(ref.mask, ref.rgb, torch.ones_like(ref.rgb))[0].permute(2, 0, 1)[None]
+    inp = F.interpolate(inp, (ex.preview_size, ex.preview_size), mode="area")[0].permute(1, 2, 0)
+    normals = pv.comp_normal + (1 - pv.opacity)  # white background
+    grid = image_grid([[_to_uint8(inp)] + [_to_uint8(x) for x in pv.rgb],
+                       [np.full((ex.preview_size, ex.preview_size, 3), 255, np.uint8)]
+                       + [_to_uint8(x) for x in normals]])
+    result.preview = write_png(grid, out_dir / "preview.png")
+    result.timings.update({"mesh_s": t1 - t0, "texture_s": t2 - t1, "write_s": t3 - t2, "video_s": t4 - t3,
+                           "preview_s": time.perf_counter() - t4})
+    return result
+
+
+# ----- entry point -------------------------------------------------------------------------------------------
+def _resolve_device(device, model):
+    if model is not None:
+        return model.device
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise Zero123Error(f"unknown device {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise Zero123Error("device 'cuda' requested but CUDA is not available")
+    return dev
+
+
+def _resolve_dtype(dtype, device: torch.device):
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+             "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    key = str(dtype).lower().replace("torch.", "")
+    if key not in table:
+        raise Zero123Error(f"unknown dtype {dtype!r}: use fp32, fp16 or bf16")
+    return table[key]
+
+
+def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "default", steps: Optional[int] = None,
+         seed: int = 0, device=None, dtype=None, resume=None, input_elevation: Optional[float] = None,
+         progress: bool = True, model=None, config: Optional[ImageTo3DConfig] = None,
+         export: bool = True) -> ImageTo3DResult:
+    """Turn one object image into a textured mesh and a turntable video.
+
+    Args:
+        image: path, PIL image or array of the object (RGBA with alpha, or on a plain background).
+        checkpoint: Zero123-family checkpoint (file or diffusers folder); None = the bundled default model.
+        out_dir: output folder (created). Files: ``model.obj/.mtl`` + texture, ``model.glb``, ``model.ply``,
+            ``turntable.mp4``, ``turntable.gif``, ``preview.png``, ``input.png``, ``checkpoints/state.pt``.
+        preset: ``default`` (the recipe, 600 steps), ``fast`` or ``tiny`` (CPU tests).
+        steps: override the preset's number of steps (schedules are compressed/stretched to fit).
+        seed: seed of the field initialisation and every random draw.
+        device, dtype: for the diffusion model (default CUDA + fp16 when available, else CPU + fp32); the field
+            is always float32.
+        resume: a previous run's out dir (or its ``state.pt``): continue from its last checkpoint with its
+            config (``preset`` is then ignored; ``steps`` may extend the run).
+        input_elevation: elevation of the input photo in degrees (default 5, the recipe's).
+        model: an already loaded ``Zero123Model`` (then ``checkpoint``/``device``/``dtype`` are ignored).
+        config: a full :class:`ImageTo3DConfig` instead of a preset.
+        export: write the mesh/video files after training.
+    Returns:
+        :class:`ImageTo3DResult`.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    state = load_checkpoint(resume) if resume is not None else None
+    if state is not None:
+        cfg = ImageTo3DConfig.from_dict(state["config"])
+        if steps is not None:
+            cfg.steps = int(steps)
+        cfg.validate()
+    else:
+        cfg = config if config is not None else preset_config(preset, steps)
+        if config is not None and steps is not None:
+            cfg.steps = int(steps)
+        cfg.validate()
+        if input_elevation is not None:
+            from ..camera import check_elevation
+
+            check_elevation(float(input_elevation), "input elevation")
+            cfg.sds.input_elevation = float(input_elevation)
+        cfg.sds.input_radius = cfg.cameras.distance
+
+    dev = _resolve_device(device, model)
+    if model is None:
+        from ..loading import load_model
+
+        model = load_model(checkpoint, device=dev, dtype=_resolve_dtype(dtype, dev))
+        if dev.type == "cuda":
+            from ..models.optimizations import optimize_for_inference
+
+            optimize_for_inference(model)
+    model.eval()
+    grad_flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        t_start = time.perf_counter()
+        reference = prepare_reference(image, cfg.reference_image_size, model.image_size)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        from ..export.writers import write_png
+
+        write_png(np.asarray(reference.rgba_image.convert("RGBA")), out_dir / "input.png")
+        trainer = ImageTo3DTrainer(model, reference, cfg, seed=seed)
+        if state is not None:
+            trainer.load_state_dict(state)
+        ckpt = out_dir / "checkpoints" / CHECKPOINT_NAME
+        result = ImageTo3DResult(out_dir=out_dir)
+        bar = tqdm(total=cfg.steps, initial=trainer.step, desc="to3d", unit="step", disable=not progress,
+                   dynamic_ncols=True)
+        t_train = time.perf_counter()
+        try:
+            while trainer.step < cfg.steps:
+                losses = trainer.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses['loss']:.4g}", sds=f"{losses['z/sds']:.3g}",
+                                stage=cfg.stage(trainer.step - 1))
+                if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
+                    trainer.save(ckpt)
+        except KeyboardInterrupt:
+            trainer.save(ckpt)
+            bar.close()
+            raise
+        bar.close()
+        result.timings["train_s"] = time.perf_counter() - t_train
+        result.checkpoint = ckpt if ckpt.exists() else None
+        result.losses = dict(trainer.last_losses)
+        result.steps = trainer.step
+        if export:
+            export_results(trainer, out_dir, result, progress)
+        result.timings["total_s"] = time.perf_counter() - t_start
+        summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
+        from ..export.writers import atomic_write_bytes
+
+        atomic_write_bytes(out_dir / "result.json", (json.dumps(summary, indent=2) + "\n").encode())
+        return result
+    finally:
+        for p, flag in zip(model.parameters(), grad_flags):
+            p.requires_grad_(flag)
+
+
+__all__ = ["to3d", "ImageTo3DResult", "ImageTo3DTrainer", "ReferenceImage", "prepare_reference",
+           "export_results", "load_checkpoint", "checkpoint_path"]

@@ -1,0 +1,195 @@
+"""Configuration of the image-to-3D pipeline as plain dataclasses, and its presets.
+
+``default`` is threestudio's ``configs/stable-zero123.yaml`` (600 steps; random views 64/128/256 px in batches of
+12/8/4 and the reference view at 128/256/512 px, switching at steps 200 and 300; 512 samples per ray; SDS weight
+0.1 with the t schedule 0.7->0.3 / 0.98->0.8; Adam lr 0.01). ``fast`` keeps the recipe's losses and schedules but
+runs 300 steps at lower resolution (random views 64/128 px, reference 128/256 px, 256 samples per ray) and exports
+a lighter mesh and video. ``tiny`` is for CPU tests with the tiny random model (a handful of steps, 16 px).
+
+Schedules and resolution milestones are written in *recipe steps* (``schedule_steps``, 600): a run of ``steps``
+steps evaluates them at ``step * schedule_steps / steps``, so shorter runs follow the same curves compressed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import asdict, dataclass
+from dataclasses import field as dc_field
+from typing import Optional, Tuple
+
+from ..errors import Zero123Error
+from ..export.mesh import MeshExtractionConfig
+from ..fields.nerf import FieldConfig
+from ..guidance.losses import LossWeights
+from ..guidance.sds import SDSConfig
+from ..rendering.volume import RenderSettings
+
+PRESETS = ("default", "fast", "tiny")
+
+
+@dataclass
+class CameraConfig:
+    """Random-view sampling and the resolution schedule (threestudio ``random_camera`` + ``data``)."""
+
+    elevation_range: Tuple[float, float] = (-10.0, 80.0)
+    azimuth_range: Tuple[float, float] = (-180.0, 180.0)
+    distance: float = 3.8
+    fovy: float = 20.0
+    light_distance_range: Tuple[float, float] = (7.5, 10.0)
+    light_position_perturb: float = 1.0
+    resolutions: Tuple[int, ...] = (64, 128, 256)
+    batch_sizes: Tuple[int, ...] = (12, 8, 4)
+    reference_resolutions: Tuple[int, ...] = (128, 256, 512)
+    milestones: Tuple[int, ...] = (200, 300)      # recipe steps at which the next stage starts
+    white_background_prob: float = 0.5            # random views: white background, else a random colour
+
+
+@dataclass
+class MaterialConfig:
+    """threestudio ``diffuse-with-point-light-material``: albedo-only ("ambient only") shading for the first
+    ``ambient_only_steps``; afterwards albedo with prob 1 - diffuse_prob, else textureless with prob
+    ``textureless_prob``, else diffuse. Random views draw ``ambient_ratio ~ U(ambient_ratio_min, 1)``."""
+
+    ambient_only_steps: int = 100000
+    diffuse_prob: float = 0.75
+    textureless_prob: float = 0.05
+    ambient_ratio_min: float = 0.1
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 0.01
+    betas: Tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
+
+
+@dataclass
+class OccupancyConfig:
+    resolution: int = 32
+    update_every: int = 16
+    ema_decay: float = 0.95
+    threshold: float = 0.01
+
+
+@dataclass
+class ExportConfig:
+    """Mesh, texture and video export."""
+
+    mesh: MeshExtractionConfig = dc_field(default_factory=MeshExtractionConfig)
+    max_faces: int = 30000           # quadric decimation before UV unwrapping (0 = keep all)
+    texture_size: int = 1024
+    video_frames: int = 120
+    video_size: int = 256
+    video_fps: int = 30
+    gif_frames: int = 40
+    gif_size: int = 128
+    preview_size: int = 256
+
+
+@dataclass
+class ImageTo3DConfig:
+    """Everything one image-to-3D run needs (see module docstring)."""
+
+    preset: str = "default"
+    steps: int = 600
+    schedule_steps: int = 600
+    reference_image_size: int = 512   # side of the prepared (recentred) reference image
+    normal_perturb_std: float = 0.01
+    checkpoint_every: int = 100
+    field: FieldConfig = dc_field(default_factory=FieldConfig)
+    render: RenderSettings = dc_field(default_factory=RenderSettings)
+    occupancy: OccupancyConfig = dc_field(default_factory=OccupancyConfig)
+    cameras: CameraConfig = dc_field(default_factory=CameraConfig)
+    material: MaterialConfig = dc_field(default_factory=MaterialConfig)
+    sds: SDSConfig = dc_field(default_factory=SDSConfig)
+    losses: LossWeights = dc_field(default_factory=LossWeights)
+    optimizer: OptimizerConfig = dc_field(default_factory=OptimizerConfig)
+    export: ExportConfig = dc_field(default_factory=ExportConfig)
+
+    # ----- helpers ----------------------------------------------------------------------------------------
+    def schedule_step(self, step: int) -> float:
+        """Recipe step corresponding to training step ``step``."""
+        return step * self.schedule_steps / max(1, self.steps)
+
+    def stage(self, step: int) -> int:
+        """Index of the resolution stage at training step ``step``."""
+        s = self.schedule_step(step)
+        return sum(1 for m in self.cameras.milestones if s >= m)
+
+    def validate(self) -> "ImageTo3DConfig":
+        c = self.cameras
+        n = len(c.milestones) + 1
+        if not (len(c.resolutions) == len(c.batch_sizes) == len(c.reference_resolutions) == n):
+            raise Zero123Error(f"camera schedule needs {n} resolutions, batch sizes and reference resolutions "
+                               f"for {len(c.milestones)} milestones")
+        if self.steps < 1:
+            raise Zero123Error(f"steps must be >= 1, got {self.steps}")
+        if any(r < 4 for r in c.resolutions + c.reference_resolutions) or any(b < 1 for b in c.batch_sizes):
+            raise Zero123Error("render resolutions must be >= 4 px and batch sizes >= 1")
+        if self.checkpoint_every < 1:
+            raise Zero123Error(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        return self
+
+    def to_dict(self) -> dict:
+        return _plain(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ImageTo3DConfig":
+        return _build(cls, data)
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _build(cls, data):
+    kwargs = {}
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in hints:
+            raise Zero123Error(f"unknown image-to-3D config key {cls.__name__}.{key}")
+        default = hints[key].default_factory() if hints[key].default_factory is not dataclasses.MISSING \
+            else hints[key].default
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value)
+        elif isinstance(default, tuple) and isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def preset_config(name: str = "default", steps: Optional[int] = None) -> ImageTo3DConfig:
+    """The named preset (``default``, ``fast``, ``tiny``), optionally with a different number of steps."""
+    key = str(name).strip().lower()
+    if key not in PRESETS:
+        raise Zero123Error(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    cfg = ImageTo3DConfig(preset=key)
+    if key == "fast":
+        cfg.steps = 300
+        cfg.render = RenderSettings(num_samples_per_ray=256)
+        cfg.cameras = CameraConfig(resolutions=(64, 128), batch_sizes=(8, 4), reference_resolutions=(128, 256),
+                                   milestones=(200,))
+        cfg.reference_image_size = 256
+        cfg.export = ExportConfig(mesh=MeshExtractionConfig(resolution=192, coarse_resolution=48),
+                                  max_faces=15000, texture_size=512, video_frames=60, video_size=256, gif_frames=30)
+    elif key == "tiny":
+        cfg.steps = 4
+        cfg.checkpoint_every = 2
+        cfg.reference_image_size = 64
+        cfg.field = FieldConfig(n_levels=4, log2_hashmap_size=12, base_resolution=8, per_level_scale=1.5,
+                                mlp_width=16, mlp_hidden_layers=1)
+        cfg.render = RenderSettings(num_samples_per_ray=64)
+        cfg.occupancy = OccupancyConfig(resolution=16, update_every=2)
+        cfg.cameras = CameraConfig(resolutions=(16,), batch_sizes=(2,), reference_resolutions=(16,), milestones=())
+        cfg.export = ExportConfig(mesh=MeshExtractionConfig(resolution=32, coarse_resolution=16),
+                                  max_faces=2000, texture_size=64, video_frames=4, video_size=32, video_fps=8,
+                                  gif_frames=4, gif_size=32, preview_size=32)
+    if steps is not None:
+        cfg.steps = int(steps)
+    return copy.deepcopy(cfg).validate()

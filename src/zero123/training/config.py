@@ -1,0 +1,343 @@
+"""Training configuration: plain dataclasses, loaded from a YAML or JSON file plus ``key=value`` overrides.
+
+A config file is a mapping whose top-level keys are the fields of ``TrainConfig``; nested sections (``data``,
+``model``, ``optim``, ``ema``, ``objective``, ``sample``) are mappings of their dataclass fields. Unknown keys are
+errors (they are usually typos). Relative paths are taken relative to the current working directory.
+
+Batch sizes: ``batch_size`` is the micro-batch **per process** (per GPU). One optimizer step sees the *global
+batch* ``batch_size x num_processes x gradient_accumulation_steps`` pairs; ``max_steps`` counts optimizer steps.
+Zero123 itself trained with a global batch of 192 at lr 1e-4 (``cc_projection`` at 10x), 100 warm-up steps, EMA.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import Zero123Error
+
+STAGES = ("diffusion", "vae")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass
+class DataConfig:
+    """Where the multi-view renders are (``zero123.training.dataset`` describes the layout)."""
+
+    root: str = ""
+    #: manifest split used for training; ``val_split`` feeds validation loss and sample grids (falls back to
+    #: ``split`` when it has no objects).
+    split: str = "train"
+    val_split: str = "val"
+    #: images are resized to the model's image size; set this only to check the renders already have that size.
+    image_size: int | None = None
+    num_workers: int = 2
+    #: only use the first N objects of the split (after manifest order); null = all.
+    max_objects: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    """How the model is made.
+
+    Either ``init_from`` (a checkpoint loaded with ``zero123.loading.load_model``: fine-tune a real Zero123 /
+    Stable Zero123) or from scratch: ``preset`` (``tiny`` or ``full``, the sizes of ``zero123.models.configs``) or
+    explicit sizes in ``unet`` / ``vae`` / ``clip``, which are keyword arguments of
+    ``zero123.models.configs.sd_unet_config`` / ``sd_vae_config`` / ``openai_clip_vision_config`` (LDM-style names:
+    ``model_channels``, ``channel_mult``, ...). Derived when left out: the UNet ``context_dim`` (= CLIP
+    ``embed_dim``) and ``sample_size`` (= image size / VAE downsampling), the VAE ``resolution``.
+    """
+
+    init_from: str | None = None
+    #: ``zero123`` | ``stable_zero123`` (how T is formed). null: the checkpoint's (``init_from``), else zero123.
+    variant: str | None = None
+    preset: str | None = None
+    image_size: int | None = None
+    unet: dict = field(default_factory=dict)
+    vae: dict = field(default_factory=dict)
+    clip: dict = field(default_factory=dict)
+    #: a diffusers ``AutoencoderKL`` folder (e.g. the output of a ``stage: vae`` run) replacing the model's VAE.
+    vae_from: str | None = None
+    #: a transformers ``CLIPVisionModelWithProjection`` folder replacing the image encoder.
+    clip_from: str | None = None
+    #: true: the VAE is frozen (Zero123). false: the VAE keeps training on its reconstruction objective in the
+    #: same steps (its own lr ``optim.vae_lr``); the diffusion loss never back-propagates into it.
+    freeze_vae: bool = True
+    #: false (Zero123): the CLIP image encoder is frozen. true: it trains with the UNet at ``optim.lr`` -- for
+    #: models trained from scratch, where no pretrained CLIP exists and a frozen random one gives random features.
+    train_image_encoder: bool = False
+    gradient_checkpointing: bool = False
+    #: frozen encoders run in the mixed-precision dtype (``auto``) or in fp32 (``fp32``).
+    frozen_dtype: str = "auto"
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a linear warm-up then constant lr (LDM's ``LambdaLinearScheduler`` as Zero123 configures it)."""
+
+    lr: float = 1e-4
+    #: ``cc_projection`` learns at ``lr x projection_lr_scale`` (10 in Zero123).
+    projection_lr_scale: float = 10.0
+    #: lr of the VAE in a ``stage: vae`` run or when ``model.freeze_vae`` is false.
+    vae_lr: float = 4.5e-6
+    betas: tuple = (0.9, 0.999)
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    #: the lr factor at step 0 (LDM's ``f_start``); rises linearly to 1 at ``warmup_steps``.
+    warmup_start_factor: float = 1e-6
+    #: clip the global gradient norm (null: no clipping, as Zero123).
+    max_grad_norm: float | None = None
+
+
+@dataclass
+class EMAConfig:
+    """EMA of the trainable weights (diffusers ``EMAModel``; decay min(decay, (1+n)/(10+n)) as LDM's LitEma)."""
+
+    enabled: bool = True
+    decay: float = 0.9999
+    update_after_step: int = 0
+
+
+@dataclass
+class ObjectiveConfig:
+    #: Zero123's ``uncond``: u < 2p drops the CLIP embedding, p <= u < 3p drops the concat latent.
+    cfg_dropout: float = 0.05
+    #: VAE stage: loss = mean L1 + kl_weight x KL / (3 H W) (LDM's per-sample sums, 1e-6 as SD's VAE).
+    kl_weight: float = 1e-6
+
+
+@dataclass
+class SampleConfig:
+    """Periodic sample grids (rows: input view, ground-truth target, sample)."""
+
+    every: int = 500
+    num_pairs: int = 4
+    steps: int = 50
+    guidance_scale: float = 3.0
+    eta: float = 0.0
+    #: use the EMA weights for the samples (what gets exported).
+    use_ema: bool = True
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "diffusion"
+    output_dir: str = "runs/zero123"
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    #: ``no`` | ``fp16`` | ``bf16``; null: what ``accelerate launch --mixed_precision`` / ``accelerate config`` say.
+    mixed_precision: str | None = None
+    log_every: int = 10
+    checkpoint_every: int = 500
+    #: keep only the newest N checkpoints (null: keep all).
+    checkpoints_total_limit: int | None = 3
+    #: validation loss every N steps on ``val_draws`` fixed pairs of the val split (0: never).
+    val_every: int = 0
+    val_draws: int = 32
+    #: export the (EMA) model to ``OUTPUT/final`` when training ends.
+    export: bool = True
+    #: pass ``find_unused_parameters`` to DDP (only needed for partially used models).
+    find_unused_parameters: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["optim"]["betas"] = list(d["optim"]["betas"])
+        return d
+
+    def validate(self) -> "TrainConfig":
+        """Raise a one-line ``Zero123Error`` for the first inconsistent field; return self."""
+        from ..camera import ConditioningVariant
+
+        if self.stage not in STAGES:
+            raise Zero123Error(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
+            raise Zero123Error(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+                               f"got {self.mixed_precision!r}")
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "val_draws"):
+            if int(getattr(self, name)) < 1:
+                raise Zero123Error(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "val_every"):
+            if int(getattr(self, name)) < 0:
+                raise Zero123Error(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise Zero123Error("checkpoints_total_limit must be >= 1 or null")
+        if not self.data.root:
+            raise Zero123Error("data.root is not set: give the dataset folder (with manifest.json)")
+        if self.data.num_workers < 0:
+            raise Zero123Error("data.num_workers must be >= 0")
+        if self.model.variant is not None:
+            ConditioningVariant.parse(self.model.variant)
+        if self.model.init_from and (self.model.preset or self.model.unet):
+            raise Zero123Error("model.init_from and model.preset/model.unet are exclusive: "
+                               "fine-tune a checkpoint or build one from sizes, not both")
+        if self.model.preset and (self.model.unet or self.model.vae or self.model.clip):
+            raise Zero123Error("model.preset and explicit model.unet/vae/clip sizes are exclusive")
+        if self.model.frozen_dtype not in ("auto", "fp32"):
+            raise Zero123Error(f"model.frozen_dtype must be 'auto' or 'fp32', got {self.model.frozen_dtype!r}")
+        if self.optim.lr <= 0 or self.optim.vae_lr <= 0:
+            raise Zero123Error("optim.lr and optim.vae_lr must be > 0")
+        if self.optim.warmup_steps < 0:
+            raise Zero123Error("optim.warmup_steps must be >= 0")
+        if len(tuple(self.optim.betas)) != 2:
+            raise Zero123Error(f"optim.betas must be two numbers, got {self.optim.betas!r}")
+        if not 0.0 <= self.objective.cfg_dropout <= 1.0 / 3.0:
+            raise Zero123Error(f"objective.cfg_dropout must be in [0, 1/3], got {self.objective.cfg_dropout}")
+        if not 0.0 < self.ema.decay <= 1.0:
+            raise Zero123Error(f"ema.decay must be in (0, 1], got {self.ema.decay}")
+        if self.sample.every < 0 or self.sample.num_pairs < 1 or self.sample.steps < 2:
+            raise Zero123Error("sample.every must be >= 0, sample.num_pairs >= 1 and sample.steps >= 2")
+        return self
+
+    @property
+    def global_batch_per_process(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def _field_types(cls) -> dict:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, annotation, where: str):
+    """Check/convert a parsed YAML value against a dataclass field annotation (scalars, dicts, tuples)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise Zero123Error(f"config: {where} must be a mapping, got {type(value).__name__}")
+        return _build(annotation, value, where)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise Zero123Error(f"config: {where} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise Zero123Error(f"config: {where} must be an integer, got {value!r}")
+        return int(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise Zero123Error(f"config: {where} must be a number, got {value!r}")
+        try:
+            return float(value)  # YAML reads "1e-4" (no dot) as a string
+        except ValueError:
+            raise Zero123Error(f"config: {where} must be a number, got {value!r}") from None
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise Zero123Error(f"config: {where} must be a string, got {value!r}")
+        return str(value)
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise Zero123Error(f"config: {where} must be a mapping, got {value!r}")
+        return copy.deepcopy(value)
+    if annotation is tuple or origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise Zero123Error(f"config: {where} must be a list, got {value!r}")
+        return tuple(float(v) for v in value)
+    return value
+
+
+def _build(cls, data: dict, where: str = ""):
+    types = _field_types(cls)
+    unknown = sorted(set(data) - set(types))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise Zero123Error(f"config: unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(types))})")
+    kwargs = {k: _coerce(v, types[k], f"{where + '.' if where else ''}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    import yaml
+
+    if "=" not in text:
+        raise Zero123Error(f"override {text!r} is not key=value (e.g. optim.lr=3e-5)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise Zero123Error(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def read_config_file(path) -> dict:
+    """The raw mapping of a ``.yaml``/``.yml``/``.json`` config file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise Zero123Error(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Zero123Error(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: "
+                           f"{first}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise Zero123Error(f"{path}: the top level must be a mapping of config keys")
+    return data
+
+
+def config_from_dict(data: dict, overrides: list[str] | tuple = ()) -> TrainConfig:
+    """A validated ``TrainConfig`` from a mapping and dotted ``key=value`` overrides (values parsed as YAML)."""
+    data = copy.deepcopy(data)
+    for text in overrides:
+        keys, value = _parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise Zero123Error(f"override {text!r}: {k} is not a section")
+            node = nxt
+        node[keys[-1]] = value
+    if data.get("mixed_precision") is False:  # YAML 1.1 reads a bare `no` as false
+        data["mixed_precision"] = "no"
+    return _build(TrainConfig, data).validate()
+
+
+def load_config(path, overrides: list[str] | tuple = ()) -> TrainConfig:
+    """Read a YAML/JSON config file, apply ``key=value`` overrides, validate."""
+    return config_from_dict(read_config_file(path), overrides)
+
+
+def save_config(config: TrainConfig, path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    import yaml
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,134 @@
+"""Config files and the ``zero123 train`` command, in-process and under ``accelerate launch`` (2 CPU processes)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zero123.cli import main
+from zero123.errors import Zero123Error
+from zero123.training.config import TrainConfig, config_from_dict, load_config
+from zero123.training.synthetic import write_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_config_files_overrides_and_errors(tmp_path):
+    data = {"max_steps": 7, "data": {"root": "r"}, "optim": {"lr": "3e-5", "betas": [0.8, 0.9]},
+            "mixed_precision": False}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    for name in ("c.yaml", "c.json"):
+        cfg = load_config(tmp_path / name, ["optim.warmup_steps=5", "model.freeze_vae=false", "sample.every=0"])
+        assert isinstance(cfg, TrainConfig)
+        assert (cfg.max_steps, cfg.optim.lr, cfg.optim.betas, cfg.optim.warmup_steps) == (7, 3e-5, (0.8, 0.9), 5)
+        assert cfg.model.freeze_vae is False and cfg.sample.every == 0 and cfg.mixed_precision == "no"
+    assert config_from_dict(cfg.to_dict()) == cfg  # the saved config.yaml reads back to the same config
+    bad = [({"data": {"root": "r"}, "optim": {"lrr": 1}}, "unknown key optim.lrr"),
+           ({"data": {"root": "r"}, "batch_size": 2.5}, "batch_size must be an integer"),
+           ({"data": {"root": "r"}, "stage": "unet"}, "stage"),
+           ({"data": {"root": "r"}, "mixed_precision": "fp8"}, "mixed_precision"),
+           ({}, "data.root"),
+           ({"data": {"root": "r"}, "model": {"init_from": "x.ckpt", "preset": "tiny"}}, "exclusive"),
+           ({"data": {"root": "r"}, "objective": {"cfg_dropout": 0.5}}, "cfg_dropout"),
+           ({"data": {"root": "r"}, "model": {"variant": "zero124"}}, "variant"),
+           ({"data": "r"}, "data must be a mapping")]
+    for d, msg in bad:
+        with pytest.raises(Zero123Error, match=msg):
+            config_from_dict(d)
+    with pytest.raises(Zero123Error, match="key=value"):
+        config_from_dict({"data": {"root": "r"}}, ["max_steps"])
+    (tmp_path / "bad.yaml").write_text("a: [1,\n")
+    with pytest.raises(Zero123Error, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("name", ["tiny_test", "small_default", "small_vae", "finetune_stable_zero123"])
+def test_example_configs_are_valid(name):
+    cfg = load_config(REPO / "configs" / f"{name}.yaml", ["data.root=somewhere"])
+    assert cfg.data.root == "somewhere"
+    if name == "small_default":
+        from zero123.training.trainer import sizes_config
+
+        sizes = sizes_config(cfg.model)
+        assert sizes.unet["cross_attention_dim"] == sizes.clip["projection_dim"] == 512
+        assert sizes.unet["sample_size"] * 4 == 128  # 128 px, VAE downsampling 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log(out):
+    return [json.loads(x) for x in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_train_runs_under_accelerate_launch_with_two_cpu_processes(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "data", num_objects=3, views_per_object=3, image_size=32, seed=2)
+    config = REPO / "configs" / "tiny_test.yaml"
+    common = [f"data.root={data}", "log_every=1", "sample.every=0", "val_every=0", "checkpoint_every=1",
+              "optim.warmup_steps=0", "max_steps=2"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "ignore"}
+    # `accelerate launch --cpu` starts ONE process in accelerate 1.x (multi-CPU needs MPI there); without GPUs
+    # `--multi_gpu` starts N torch.distributed processes on the CPU with the gloo backend.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "zero123.cli", "train", str(config),
+           "--output-dir", str(tmp_path / "two"), "batch_size=2", *common]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "on 2 process(es)" in proc.stdout
+    two = tmp_path / "two"
+    log = _log(two)
+    assert [r["step"] for r in log] == [1, 2]
+    assert all(r["num_processes"] == 2 and r["global_batch"] == 4 for r in log)
+    ckpt = two / "checkpoints" / "step_00000002"
+    for f in ("random_states_0.pkl", "random_states_1.pkl", "model_0.safetensors", "trainer_state.json"):
+        assert (ckpt / f).is_file(), f  # each process wrote its own random state: both ran
+    assert (two / "final" / "model_index.json").is_file()
+
+    # the same global batch in ONE process (through the CLI, in-process) gives the same losses: the data and the
+    # noise depend on the draw numbers only, and DDP averages the two half-batch gradients
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    rc = main(["train", str(config), "--output-dir", str(tmp_path / "one"), "batch_size=4", "export=false",
+               *common])
+    assert rc == 0
+    one = _log(tmp_path / "one")
+    assert all(r["num_processes"] == 1 and r["global_batch"] == 4 for r in one)
+    for a, b in zip(one, log):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+    assert one[0]["loss"] != one[1]["loss"]
+    # resuming a finished run is a no-op that still exports
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    assert main(["train", str(config), "--output-dir", str(tmp_path / "one"), "--resume", "latest",
+                 "batch_size=4", *common]) == 0
+    assert (tmp_path / "one" / "final" / "model_index.json").is_file()
+    assert len(_log(tmp_path / "one")) == 2
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"data": {"root": str(tmp_path / "nodata")},
+                                                     "model": {"preset": "tiny"}}))
+    assert main(["train", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("zero123: error:") and "manifest.json" in err and len(err.splitlines()) == 1
+    assert main(["train", str(tmp_path / "c.yaml"), "--bogus"]) == 2
+    data = write_synthetic_dataset(tmp_path / "d", num_objects=1, views_per_object=2, image_size=8, val_objects=0)
+    assert main(["train", str(tmp_path / "c.yaml"), f"data.root={data}", "model.preset=huge",
+                 "--output-dir", str(tmp_path / "o")]) == 2
+    assert "preset" in capsys.readouterr().err

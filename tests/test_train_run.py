@@ -1,0 +1,103 @@
+"""Whole training runs on CPU with the tiny sizes: learning, exact resume, the VAE stage, outputs."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from zero123.errors import Zero123Error
+from zero123.training.config import config_from_dict
+from zero123.training.synthetic import write_synthetic_dataset
+from zero123.training.trainer import Trainer, build_model, find_checkpoint
+
+
+def _trainer(**cfg):
+    """A Trainer with a fresh accelerate state (one process may build several in a test session)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return Trainer(config_from_dict(cfg))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("views"), num_objects=3, views_per_object=3,
+                                   image_size=32, val_objects=1, seed=1)
+
+
+def _base(data_root, out, **kw):
+    cfg = {"output_dir": str(out), "batch_size": 4, "log_every": 1, "checkpoint_every": 0, "export": False,
+           "data": {"root": str(data_root), "num_workers": 0}, "model": {"preset": "tiny"},
+           "sample": {"every": 0}}
+    cfg.update(kw)
+    return cfg
+
+
+def test_a_few_steps_fit_a_handful_of_pairs(data_root, tmp_path):
+    tr = _trainer(**_base(data_root, tmp_path, max_steps=12, optim={"warmup_steps": 0, "lr": 2e-3},
+                          ema={"enabled": False}))
+    tr.setup()
+    # fixed training draws (fixed pairs and noise, no CFG dropout): a deterministic measure of the fit
+    before = tr.evaluate_loss(8, tr.train_set, tr.collate)
+    result = tr.train()
+    after = tr.evaluate_loss(8, tr.train_set, tr.collate)
+    assert result.step == 12
+    assert after < 0.8 * before, (before, after)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 13))
+    assert log[-1]["draws"] == 48 and log[-1]["global_batch"] == 4
+    assert sum(r["loss"] for r in log[-4:]) < sum(r["loss"] for r in log[:4])
+
+
+def test_resume_continues_exactly(data_root, tmp_path):
+    # gradient accumulation, warm-up and EMA all cross the resume point
+    kw = dict(max_steps=4, batch_size=2, gradient_accumulation_steps=2, checkpoint_every=2,
+              optim={"warmup_steps": 3}, ema={"enabled": True, "decay": 0.9})
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    _trainer(**_base(data_root, straight, **kw)).train()
+    first = _trainer(**_base(data_root, split, **kw)).train(max_steps=2)
+    assert first.step == 2 and find_checkpoint(split).name == "step_00000002"
+    with pytest.raises(Zero123Error, match="--resume latest"):
+        _trainer(**_base(data_root, split, **kw)).train()  # a fresh run must not overwrite a run
+    resumed = _trainer(**_base(data_root, split, **kw)).train(resume="latest")
+    assert resumed.step == 4
+    for name in ("model_0.safetensors", "ema.safetensors"):
+        a = load_file(str(straight / "checkpoints" / "step_00000004" / name))
+        b = load_file(str(split / "checkpoints" / "step_00000004" / name))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    ema = load_file(str(straight / "checkpoints" / "step_00000004" / "ema.safetensors"))
+    weights = load_file(str(straight / "checkpoints" / "step_00000004" / "model_0.safetensors"))
+    k = "model.unet.conv_in.weight"
+    assert not torch.equal(ema[k], weights[k])  # the EMA is a different average, and it was restored exactly
+    logs = [[json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()] for d in (straight, split)]
+    assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
+    assert [r["lr"] for r in logs[0]] == [r["lr"] for r in logs[1]]
+    state = json.loads((split / "checkpoints" / "step_00000004" / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["draws"] == 16
+    with pytest.raises(Zero123Error, match="not a training checkpoint"):
+        find_checkpoint(split, str(tmp_path))
+
+
+def test_vae_stage_learns_and_exports_a_usable_vae(data_root, tmp_path):
+    tr = _trainer(**_base(data_root, tmp_path, stage="vae", max_steps=8, export=True, ema={"enabled": False},
+                          optim={"warmup_steps": 0, "vae_lr": 2e-3}, sample={"every": 8, "num_pairs": 2}))
+    tr.setup()
+    before = tr.evaluate_loss(4, tr.train_set, tr.collate)
+    result = tr.train()
+    after = tr.evaluate_loss(4, tr.train_set, tr.collate)
+    assert after < 0.85 * before, (before, after)
+    assert (tmp_path / "samples" / "step_00000008.png").is_file()
+    cfg = json.loads((result.export_dir / "config.json").read_text())
+    assert cfg["scaling_factor"] == pytest.approx(1.0 / tr.latent_std(), rel=1e-5)
+    # model.vae_from puts exactly these weights (and the scaling factor) into a diffusion model
+    from zero123.training.config import ModelConfig
+
+    model = build_model(ModelConfig(preset="tiny", vae_from=str(result.export_dir)))
+    assert model.scaling_factor == pytest.approx(cfg["scaling_factor"])
+    sd = tr.model.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in model.vae.state_dict().items())
+    with pytest.raises(Zero123Error, match="vae_from"):
+        build_model(ModelConfig(preset="tiny", vae_from=str(tmp_path / "nothing")))
