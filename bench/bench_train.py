@@ -308,6 +308,7 @@ def main() -> None:
     if args.tiny:
         args.steps, args.warmup = min(args.steps, 3), min(args.warmup, 1)
         args.num_workers = 0
+        torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and immune to a busy CPU
     from accelerate import Accelerator
 
     acc = Accelerator(mixed_precision=args.mixed_precision)

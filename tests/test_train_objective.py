@@ -10,6 +10,15 @@ from zero123.training.trainer import (DiffusionObjective, apply_cfg_dropout, cfg
                                       vae_reconstruction_loss, warmup_factor)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and far faster than 2 threads on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_cfg_dropout_probabilities_match_zero123():
     g = torch.Generator().manual_seed(0)
     u = torch.rand(2_000_000, generator=g)

@@ -12,6 +12,15 @@ from zero123.training.synthetic import write_synthetic_dataset
 from zero123.training.trainer import Trainer, build_model, find_checkpoint
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and far faster than 2 threads on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _trainer(**cfg):
     """A Trainer with a fresh accelerate state (one process may build several in a test session)."""
     from accelerate.state import AcceleratorState, GradientState
