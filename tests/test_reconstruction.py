@@ -75,7 +75,7 @@ def test_reconstructs_analytic_shapes_from_mesh_rasteriser_renders(shape):
 
 
 def test_reconstructs_the_pybullet_duck():
-    pytest.importorskip("pybullet_data", reason="optional extra 'meshes' (pybullet) not installed")
+    pytest.importorskip("pybullet_data", reason="optional extra 'data' (pybullet) not installed")
     r = reconstruct_mesh(analytic_shape("duck"), small_config(), seed=0)
     assert r.chamfer < 0.06 and r.iou > 0.75, (r.chamfer, r.iou)
     assert math.isfinite(r.final_loss)

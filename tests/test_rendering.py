@@ -114,7 +114,7 @@ def test_constant_density_ball_has_closed_form_opacity_depth_and_colour():
     expected_depth = float(torch.trapezoid(ts * w, ts))
     assert abs(float(out.depth[0, 15, 15, 0].detach()) - expected_depth) < 5e-3
     # corners miss the ball: empty, background colour
-    assert float(out.opacity[0, 0, 0, 0]) == 0.0
+    assert float(out.opacity[0, 0, 0, 0].detach()) == 0.0
     # white background by default
     out_w = render(field, cams, 31, settings=settings, stratified=False)
     torch.testing.assert_close(out_w.rgb[0, 0, 0], torch.ones(3))
@@ -154,10 +154,11 @@ def test_render_nerf_field_gradients_and_normals():
     assert out.rgb.shape == (2, 12, 12, 3) and out.comp_normal.shape == (2, 12, 12, 3)
     assert out.normal.shape == out.normal_perturb.shape == (out.weights.numel(), 3)
     # the blob is opaque at the centre: the central pixels are (nearly) fully covered
-    assert float(out.opacity[:, 5:7, 5:7].min()) > 0.9
+    assert float(out.opacity[:, 5:7, 5:7].detach().min()) > 0.9
     # comp_normal is in [0, 1] and the central normal faces the camera
-    assert float(out.comp_normal.min()) >= 0 and float(out.comp_normal.max()) <= 1
-    n_c = out.comp_normal[0, 6, 6] * 2 - 1
+    cn = out.comp_normal.detach()
+    assert float(cn.min()) >= 0 and float(cn.max()) <= 1
+    n_c = cn[0, 6, 6] * 2 - 1
     cam_dir = torch.nn.functional.normalize(cams.c2w[0, :3, 3], dim=0)
     assert float(n_c @ cam_dir) > 0.8
     loss = out.rgb.mean() + out.comp_normal.mean() + (out.normal - out.normal_perturb).abs().mean()

@@ -86,7 +86,7 @@ def _corner_indices_and_weights(x: torch.Tensor, lay: _Layout, with_jacobian: bo
         di = (dz * (res * res))[:, :, :, None, None] + (dy * res)[:, :, None, :, None] + dx[:, :, None, None, :]
         parts.append(di.reshape(n, D, 8))
     if D < L:
-        hx, hy, hz = (c[:, D:] * p for c, p in zip((cx, cy, cz), lay.primes.tolist()))
+        hx, hy, hz = (c[:, D:] * p for c, p in zip((cx, cy, cz), _PRIMES))
         hi_ = hz[:, :, :, None, None] ^ hy[:, :, None, :, None] ^ hx[:, :, None, None, :]
         parts.append(hi_.reshape(n, L - D, 8) & lay.hash_mask)
     idx = (torch.cat(parts, 1) if len(parts) > 1 else parts[0]) + lay.offsets[None, :, None]   # [N,L,8]

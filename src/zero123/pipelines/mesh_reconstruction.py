@@ -175,7 +175,7 @@ def volume_iou(a, b, resolution: int = 64) -> float:
 
 # ----- reconstruction ----------------------------------------------------------------------------------------
 def _cpu_field() -> FieldConfig:
-    return FieldConfig(radius=1.0, n_levels=6, log2_hashmap_size=14, base_resolution=8, per_level_scale=1.5,
+    return FieldConfig(radius=1.0, n_levels=8, log2_hashmap_size=15, base_resolution=8, per_level_scale=1.45,
                        mlp_width=32, mlp_hidden_layers=1)
 
 
@@ -189,12 +189,12 @@ class ReconstructionConfig:
     occupancy_update_every: int = 8
     object_radius: float = 0.55
     num_views: int = 48
-    view_size: int = 48
+    view_size: int = 64
     view_supersampling: int = 2
     distance: float = 3.8
     fovy: float = 20.0
     steps: int = 300
-    rays_per_step: int = 1024
+    rays_per_step: int = 2048
     lr: float = 0.01
     lambda_mask: float = 1.0
     lambda_opaque: float = 0.001
@@ -307,7 +307,7 @@ def analytic_shape(name: str):
         try:
             import pybullet_data
         except ImportError:
-            raise Zero123Error("the duck mesh needs pybullet (pip install 'zero123[meshes]')") from None
+            raise Zero123Error("the duck mesh needs pybullet (pip install 'zero123[data]')") from None
         import os
 
         path = os.path.join(pybullet_data.getDataPath(), "duck.obj")
