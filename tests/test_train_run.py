@@ -110,3 +110,25 @@ def test_vae_stage_learns_and_exports_a_usable_vae(data_root, tmp_path):
     assert all(torch.equal(v, sd[k]) for k, v in model.vae.state_dict().items())
     with pytest.raises(Zero123Error, match="vae_from"):
         build_model(ModelConfig(preset="tiny", vae_from=str(tmp_path / "nothing")))
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes_the_run(data_root, tmp_path, monkeypatch):
+    import zero123.training.trainer as trainer_mod
+
+    kw = dict(max_steps=4, batch_size=2, log_every=2, checkpoint_every=0, max_minutes=1.0, export=True,
+              ema={"enabled": False})
+    straight = _trainer(**_base(data_root, tmp_path / "straight", **{**kw, "max_minutes": None})).train()
+    # a clock that jumps two minutes per reading: the budget is spent at the first log boundary (step 2)
+    ticks = iter(range(0, 10**6, 120))
+    monkeypatch.setattr(trainer_mod.time, "perf_counter", lambda: float(next(ticks)))
+    chunk = _trainer(**_base(data_root, tmp_path / "split", **kw)).train()
+    monkeypatch.undo()
+    assert chunk.step == 2 and chunk.checkpoint.name == "step_00000002"
+    assert (chunk.export_dir / "unet" / "config.json").is_file()  # a chunk still exports a usable model
+    resumed = _trainer(**_base(data_root, tmp_path / "split", **kw)).train(resume="latest")
+    assert resumed.step == 4
+    a = load_file(str(straight.checkpoint / "model_0.safetensors"))
+    b = load_file(str(resumed.checkpoint / "model_0.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(Zero123Error, match="max_minutes"):
+        config_from_dict(_base(data_root, tmp_path, max_minutes=0)).validate()

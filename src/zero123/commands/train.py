@@ -24,6 +24,9 @@ def _add_options(p) -> None:
                         "is none) or from a checkpoint folder")
     p.add_argument("--max-steps", type=int, default=None, metavar="N",
                    help="train until this many optimizer steps (overrides max_steps)")
+    p.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                   help="stop after M minutes of this invocation, with a checkpoint and an export; "
+                        "--resume latest continues (overrides max_minutes)")
     p.add_argument("--print-config", action="store_true", default=None,
                    help="print the resolved config and exit")
 
@@ -67,6 +70,8 @@ def run(args) -> int:
         overrides.append(f"output_dir={args.output_dir}")
     if args.max_steps is not None:
         overrides.append(f"max_steps={args.max_steps}")
+    if args.max_minutes is not None:
+        overrides.append(f"max_minutes={args.max_minutes}")
     config = load_config(args.config, overrides)
     if args.print_config:
         import yaml

@@ -146,6 +146,9 @@ class TrainConfig:
     val_draws: int = 32
     #: export the (EMA) model to ``OUTPUT/final`` when training ends.
     export: bool = True
+    #: wall-clock budget of one invocation in minutes (null: none). When it runs out the run stops at the next
+    #: ``log_every`` boundary, saves a checkpoint and exports; ``--resume latest`` continues it (chunked runs).
+    max_minutes: float | None = None
     #: pass ``find_unused_parameters`` to DDP (only needed for partially used models).
     find_unused_parameters: bool = False
     data: DataConfig = field(default_factory=DataConfig)
@@ -175,6 +178,8 @@ class TrainConfig:
         for name in ("checkpoint_every", "val_every"):
             if int(getattr(self, name)) < 0:
                 raise Zero123Error(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_minutes is not None and not float(self.max_minutes) > 0:
+            raise Zero123Error(f"max_minutes must be > 0 or null, got {self.max_minutes}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise Zero123Error("checkpoints_total_limit must be >= 1 or null")
         if not self.data.root:

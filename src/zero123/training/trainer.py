@@ -777,6 +777,14 @@ class Trainer:
         tmp.write_text("".join(line + "\n" for line in lines))
         os.replace(tmp, log)
 
+    def _out_of_time(self, t_start: float) -> bool:
+        """Whether ``max_minutes`` has run out on any process (a reduction, so all processes stop together)."""
+        if self.config.max_minutes is None:
+            return False
+        flag = torch.tensor(float(time.perf_counter() - t_start > 60.0 * self.config.max_minutes),
+                            device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum") > 0)
+
     def train(self, resume: str | None = None, max_steps: int | None = None) -> TrainResult:
         """Run until ``max_steps`` (default ``config.max_steps``) optimizer steps. ``resume``: ``"latest"`` (the
         newest checkpoint of ``output_dir``, or a fresh start when there is none) or a checkpoint folder."""
@@ -813,6 +821,7 @@ class Trainer:
         paused = 0.0
         last_loss, last_ckpt = None, ckpt
         lr = self._set_lr(step)
+        out_of_time = False
         self.objective.train()
         for batch in loader:
             loss, stepped = self.micro_step(self._to_device(batch), step)
@@ -844,6 +853,7 @@ class Trainer:
                         f.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
                 window, t_window, paused = [], time.perf_counter(), 0.0
+                out_of_time = self._out_of_time(t_start)
             t_pause = time.perf_counter()  # validation, samples and checkpoints do not count as training time
             if cfg.val_every and step % cfg.val_every == 0:
                 val = self.evaluate_loss()
@@ -853,9 +863,13 @@ class Trainer:
             if cfg.sample.every and step % cfg.sample.every == 0:
                 self.save_samples(step)
                 acc.wait_for_everyone()
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == max_steps:
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == max_steps or out_of_time:
                 last_ckpt = self.save_checkpoint(step, draws)
             paused += time.perf_counter() - t_pause
+            if out_of_time:
+                self._print(f"stopping at step {step}: max_minutes={cfg.max_minutes} reached "
+                            "(continue with --resume latest)")
+                break
         bar.close()
         export_dir = None
         if cfg.export:
