@@ -197,6 +197,15 @@ def main() -> None:
     rows: list[dict] = []
     info: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
                   or "cpu", "torch": torch.__version__, "tiny": args.tiny, "steps": steps, "size": size}
+    from _no_ffmpeg import skip_mp4_if_no_ffmpeg
+
+    info["mp4"] = skip_mp4_if_no_ffmpeg() or "H.264 via imageio-ffmpeg"
+
+    def save():  # after every row, so a run cut off by a time limit still leaves what it measured
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = args.out.with_name(args.out.name + ".tmp")
+        tmp_out.write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
+        tmp_out.replace(args.out)
 
     def add(name, times, unit_steps=None, **extra):
         med = statistics.median(times)
@@ -205,6 +214,7 @@ def main() -> None:
             row["s_per_step"] = round(med / unit_steps, 4)
         row.update(extra)
         rows.append(row)
+        save()
         print(f"  {name}: {med:.3f} s", flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_t23d_"))
@@ -296,6 +306,7 @@ def main() -> None:
             tm.update({f"to3d.{k}": round(v, 3) for k, v in getattr(res.result_3d, "timings", {}).items()})
             rows.append({"name": name, "median_s": round(total, 3), "times_s": [round(total, 3)], "stages_s": tm,
                          "peak_gb": peak_gb(device)})
+            save()
             print(f"  text-to-3D total: {total:.1f} s  stages: {tm}", flush=True)
 
     # ----- report ----------------------------------------------------------------------------------------------
@@ -305,10 +316,7 @@ def main() -> None:
         sps = f"{r['s_per_step']:.4f}" if "s_per_step" in r else "-"
         pk = f"{r['peak_gb']:.2f}" if r.get("peak_gb") is not None else "-"
         print(f"{r['name']:<{width}}  {r['median_s']:>9.3f}  {sps:>7}  {pk:>7}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(args.out.name + ".tmp")
-    tmp_out.write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
-    tmp_out.replace(args.out)
+    save()
     print(f"wrote {args.out}")
 
 

@@ -145,13 +145,15 @@ def bench_path(name, args, device, image, fast: bool, graph: bool = False) -> di
                               "train_step_s": statistics.median(step_times),
                               "sds_s": statistics.median(sds_times),
                               "samples": trainer.last_losses.get("samples")})
+        print(f"  {name}: stage {stage} ({B}x{r} px): step {1000 * res['stages'][-1]['train_step_s']:.1f} ms, "
+              f"SDS {1000 * res['stages'][-1]['sds_s']:.1f} ms", flush=True)
     # estimated recipe time = sum over stages of (steps in stage) x (step time)
     bounds = stage_steps(cfg) + [cfg.steps]
     res["estimated_train_s"] = sum((bounds[i + 1] - bounds[i]) * s["train_step_s"]
                                    for i, s in enumerate(res["stages"]))
     if device.type == "cuda":
         res["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
-    del trainer, model
+    trainer.model = trainer.guidance = None  # free the model before the next path is built
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -211,20 +213,35 @@ def main(argv=None) -> int:
     image = Image.fromarray(synthetic_image(64 if args.tiny else 256))
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "tiny": args.tiny}
-    paths = []
+    from _no_ffmpeg import skip_mp4_if_no_ffmpeg
+
+    info["mp4"] = skip_mp4_if_no_ffmpeg() or "H.264 via imageio-ffmpeg"
+    paths, runs = [], []
+
+    def save():  # after every measurement, so a run cut off by a time limit still leaves what it measured
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(str(args.out) + ".tmp")
+            tmp.write_text(json.dumps({"info": info, "paths": paths, "runs": runs}, indent=2) + "\n")
+            tmp.replace(args.out)
+
     if not args.skip_naive:
         paths.append(bench_path("naive (fp32)", args, device, image, fast=False))
+        save()
     paths.append(bench_path("fast (fp16, channels_last, 1-token attn)", args, device, image, fast=True))
+    save()
     if args.graph and device.type == "cuda":
         try:
             paths.append(bench_path("fast + CUDA-graph UNet", args, device, image, fast=True, graph=True))
         except Exception as exc:  # report, keep going
             paths.append({"path": "fast + CUDA-graph UNet", "error": repr(exc)})
-    runs = []
+        save()
     if not args.skip_full:
         runs.append(full_run("default recipe, fast path", args, device, image, "default", args.full_graph))
+        save()
         if not args.tiny:
             runs.append(full_run("fast preset, fast path", args, device, image, "fast", args.full_graph))
+            save()
 
     # table
     print(f"\nimage-to-3D benchmark on {info['device']} (torch {info['torch']})")
@@ -243,8 +260,7 @@ def main(argv=None) -> int:
         mem = f", peak {r['peak_mem_gib']:.2f} GiB" if "peak_mem_gib" in r else ""
         print(f"full run: {r['run']}: {r['steps']} steps, {r['wall_s']:.1f} s total{mem}; {r['timings']}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"info": info, "paths": paths, "runs": runs}, indent=2) + "\n")
+        save()
         print(f"wrote {args.out}")
     return 0
 

@@ -68,8 +68,9 @@ def add_parser(sub, name, summary):
     g.add_argument("--checkpoint", "-c", metavar="PATH", default=None,
                    help="Zero123-family model (stable_zero123.ckpt, ...; .ckpt/.safetensors or diffusers folder). "
                         "Default: the small model bundled with zero123")
-    g.add_argument("--preset", default="default", metavar="NAME",
-                   help="image-to-3D preset of `zero123 to3d`: default (the recipe, 600 steps), fast, tiny")
+    g.add_argument("--preset", default="auto", metavar="NAME",
+                   help="image-to-3D preset of `zero123 to3d`: auto (default on a GPU, cpu on a CPU), default (the "
+                        "recipe, 600 steps), fast, cpu, tiny")
     g.add_argument("--steps", type=int, default=None, metavar="N", help="SDS optimisation steps (default: from --preset)")
     g.add_argument("--elevation", "--input-elevation", type=float, default=None, metavar="DEG",
                    dest="input_elevation",

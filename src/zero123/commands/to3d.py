@@ -2,6 +2,7 @@
 
 Examples::
 
+    zero123 to3d chair.png --out chair3d                      # the bundled model (cpu preset on a CPU)
     zero123 to3d chair.png --checkpoint stable_zero123.ckpt --out chair3d
     zero123 to3d chair.png --checkpoint ckpt --out chair3d --preset fast --steps 200 --seed 1
     zero123 to3d chair.png --checkpoint ckpt --out chair3d --resume chair3d     # continue after Ctrl-C
@@ -22,8 +23,9 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
                    help="Zero123 / Stable Zero123 checkpoint (.ckpt/.safetensors or a diffusers folder); "
                         "default: the bundled model")
     p.add_argument("--out", "-o", required=True, help="output folder")
-    p.add_argument("--preset", choices=["default", "fast", "tiny"], default="default",
-                   help="default: the recipe (600 steps); fast: ~1 min on one H100; tiny: smoke tests")
+    p.add_argument("--preset", choices=["auto", "default", "fast", "cpu", "tiny"], default="auto",
+                   help="auto (default): 'default' on a GPU, 'cpu' on a CPU; default: the recipe (600 steps); "
+                        "fast: 300 steps at lower resolution; cpu: 200 small steps, minutes on a CPU; tiny: smoke tests")
     p.add_argument("--steps", type=int, default=None, help="number of optimisation steps (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--elevation", type=float, default=None, dest="input_elevation",

@@ -33,7 +33,7 @@ from ..errors import Zero123Error
 from ..fields import NeRFField, OccupancyGrid
 from ..guidance.losses import mask_loss, reference_rgb_loss, regularisers
 from ..guidance.sds import SDSGuidance
-from ..rendering.cameras import Cameras, orbit_cameras, sample_cameras, turntable_cameras
+from ..rendering.cameras import orbit_cameras, sample_cameras, turntable_cameras
 from ..rendering.volume import render, render_chunked
 from .image_to_3d_config import ImageTo3DConfig, preset_config
 
@@ -240,7 +240,9 @@ class ImageTo3DTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         logs["loss"] = (loss_z + loss_r).detach()
-        self.last_losses = {k: float(v) for k, v in logs.items()}
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device).reshape(())
+                              for v in logs.values()]).tolist()     # one device->host copy per step
+        self.last_losses = dict(zip(logs.keys(), values))
         self.last_losses["samples"] = samples
         return self.last_losses
 
@@ -342,7 +344,7 @@ def _resolve_dtype(dtype, device: torch.device):
     return table[key]
 
 
-def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "default", steps: Optional[int] = None,
+def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: Optional[int] = None,
          seed: int = 0, device=None, dtype=None, resume=None, input_elevation: Optional[float] = None,
          progress: bool = True, model=None, config: Optional[ImageTo3DConfig] = None,
          export: bool = True) -> ImageTo3DResult:
@@ -353,7 +355,8 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "default", step
         checkpoint: Zero123-family checkpoint (file or diffusers folder); None = the bundled default model.
         out_dir: output folder (created). Files: ``model.obj/.mtl`` + texture, ``model.glb``, ``model.ply``,
             ``turntable.mp4``, ``turntable.gif``, ``preview.png``, ``input.png``, ``checkpoints/state.pt``.
-        preset: ``default`` (the recipe, 600 steps), ``fast`` or ``tiny`` (CPU tests).
+        preset: ``auto`` (``default`` on a GPU, ``cpu`` on a CPU), ``default`` (the recipe, 600 steps), ``fast``,
+            ``cpu`` (minutes on a CPU with the small bundled model) or ``tiny`` (CPU tests).
         steps: override the preset's number of steps (schedules are compressed/stretched to fit).
         seed: seed of the field initialisation and every random draw.
         device, dtype: for the diffusion model (default CUDA + fp16 when available, else CPU + fp32); the field
@@ -370,6 +373,7 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "default", step
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
+    dev = _resolve_device(device, model)
     state = load_checkpoint(resume) if resume is not None else None
     if state is not None:
         cfg = ImageTo3DConfig.from_dict(state["config"])
@@ -377,7 +381,7 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "default", step
             cfg.steps = int(steps)
         cfg.validate()
     else:
-        cfg = config if config is not None else preset_config(preset, steps)
+        cfg = config if config is not None else preset_config(preset, steps, device=dev)
         if config is not None and steps is not None:
             cfg.steps = int(steps)
         cfg.validate()
@@ -388,7 +392,6 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "default", step
             cfg.sds.input_elevation = float(input_elevation)
         cfg.sds.input_radius = cfg.cameras.distance
 
-    dev = _resolve_device(device, model)
     if model is None:
         from ..loading import load_model
 

@@ -4,7 +4,11 @@
 12/8/4 and the reference view at 128/256/512 px, switching at steps 200 and 300; 512 samples per ray; SDS weight
 0.1 with the t schedule 0.7->0.3 / 0.98->0.8; Adam lr 0.01). ``fast`` keeps the recipe's losses and schedules but
 runs 300 steps at lower resolution (random views 64/128 px, reference 128/256 px, 256 samples per ray) and exports
-a lighter mesh and video. ``tiny`` is for CPU tests with the tiny random model (a handful of steps, 16 px).
+a lighter mesh and video. ``cpu`` fits a laptop-class CPU with the small bundled model (200 steps, random views
+32/64 px in batches of 4/2, reference view 64 px, an 8-level hash grid, 64 samples per ray; about 1.1-1.4 s a step
+on 2 cores). ``tiny`` is for CPU
+tests with the tiny random model (a handful of steps, 16 px). ``auto_preset(device)`` picks ``default`` on a GPU
+and ``cpu`` on a CPU.
 
 Schedules and resolution milestones are written in *recipe steps* (``schedule_steps``, 600): a run of ``steps``
 steps evaluates them at ``step * schedule_steps / steps``, so shorter runs follow the same curves compressed.
@@ -25,7 +29,7 @@ from ..guidance.losses import LossWeights
 from ..guidance.sds import SDSConfig
 from ..rendering.volume import RenderSettings
 
-PRESETS = ("default", "fast", "tiny")
+PRESETS = ("default", "fast", "cpu", "tiny")
 
 
 @dataclass
@@ -164,11 +168,23 @@ def _build(cls, data):
     return cls(**kwargs)
 
 
-def preset_config(name: str = "default", steps: Optional[int] = None) -> ImageTo3DConfig:
-    """The named preset (``default``, ``fast``, ``tiny``), optionally with a different number of steps."""
+def auto_preset(device=None) -> str:
+    """``default`` (the recipe) on a GPU, ``cpu`` elsewhere; ``device=None``: CUDA when available."""
+    if device is None:
+        import torch
+
+        return "default" if torch.cuda.is_available() else "cpu"
+    return "default" if str(device).startswith("cuda") else "cpu"
+
+
+def preset_config(name: str = "default", steps: Optional[int] = None, device=None) -> ImageTo3DConfig:
+    """The named preset (``default``, ``fast``, ``cpu``, ``tiny``, or ``auto``: :func:`auto_preset` of
+    ``device``), optionally with a different number of steps."""
     key = str(name).strip().lower()
+    if key == "auto":
+        key = auto_preset(device)
     if key not in PRESETS:
-        raise Zero123Error(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+        raise Zero123Error(f"unknown preset {name!r}: use auto or one of {', '.join(PRESETS)}")
     cfg = ImageTo3DConfig(preset=key)
     if key == "fast":
         cfg.steps = 300
@@ -178,6 +194,19 @@ def preset_config(name: str = "default", steps: Optional[int] = None) -> ImageTo
         cfg.reference_image_size = 256
         cfg.export = ExportConfig(mesh=MeshExtractionConfig(resolution=192, coarse_resolution=48),
                                   max_faces=15000, texture_size=512, video_frames=60, video_size=256, gif_frames=30)
+    elif key == "cpu":
+        cfg.steps = 200
+        cfg.checkpoint_every = 50
+        cfg.reference_image_size = 128
+        cfg.field = FieldConfig(n_levels=8, log2_hashmap_size=15, base_resolution=16, mlp_width=32,
+                                mlp_hidden_layers=1)
+        cfg.render = RenderSettings(num_samples_per_ray=64)
+        cfg.occupancy = OccupancyConfig(resolution=32, update_every=8)
+        cfg.cameras = CameraConfig(resolutions=(32, 64), batch_sizes=(4, 2), reference_resolutions=(64, 64),
+                                   milestones=(300,))
+        cfg.export = ExportConfig(mesh=MeshExtractionConfig(resolution=128, coarse_resolution=32),
+                                  max_faces=10000, texture_size=512, video_frames=60, video_size=128, video_fps=20,
+                                  gif_frames=30, gif_size=128, preview_size=128)
     elif key == "tiny":
         cfg.steps = 4
         cfg.checkpoint_every = 2

@@ -108,13 +108,13 @@ def _progress_bar(progress: bool, **kw):
     return tqdm(disable=not progress, dynamic_ncols=True, **kw)
 
 
-def rerun_command(out_dir: Path, checkpoint=None, preset: str = "default", steps: int | None = None,
+def rerun_command(out_dir: Path, checkpoint=None, preset: str = "auto", steps: int | None = None,
                   seed: int = 0, input_elevation: float | None = None) -> str:
     """The ``zero123 to3d`` command line that reruns only the 3D stage on the kept ``input_rgba.png``."""
     cmd = ["zero123", "to3d", str(Path(out_dir) / INPUT_RGBA_NAME), "--out", str(out_dir)]
     if checkpoint is not None:
         cmd += ["--checkpoint", str(checkpoint)]
-    if preset != "default":
+    if preset != "auto":
         cmd += ["--preset", str(preset)]
     if steps is not None:
         cmd += ["--steps", str(steps)]
@@ -189,7 +189,7 @@ def text_to_3d(prompt: str, t2i_model, checkpoint=None, out_dir: str | os.PathLi
                negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT, num_candidates: int = 1,
                pick: int | None = None, matting_model=None, matting_kind: str | None = None,
                cpu_offload: bool = False, rgba_size: int = 512,
-               preset: str = "default", steps: int | None = None, seed: int = 0, device=None, dtype=None,
+               preset: str = "auto", steps: int | None = None, seed: int = 0, device=None, dtype=None,
                input_elevation: float | None = None, resume=None, skip_3d: bool = False, progress: bool = True,
                model=None) -> TextTo3DResult:
     """Run text -> image -> mask -> 3D and return the paths (see module docstring).
@@ -230,7 +230,7 @@ def text_to_3d(prompt: str, t2i_model, checkpoint=None, out_dir: str | os.PathLi
         if resume is None:
             from .image_to_3d_config import preset_config
 
-            preset_config(preset, steps)
+            preset_config(preset, steps, device=device)
         if input_elevation is not None:
             from ..camera import check_elevation
 

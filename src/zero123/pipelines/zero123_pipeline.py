@@ -154,8 +154,9 @@ class Zero123Pipeline:
         results, all_latents = [], []
         clip_emb, concat = self.model.clip_embedding(images), self.model.concat_latent(images)
         n = camera.shape[0]
-        bar = tqdm(total=n * (num_inference_steps - 1), desc="sampling views", unit="step", disable=not progress,
-                   leave=False)
+        num_batches = -(-n // batch_size)  # the bar advances once per denoising step of each batch
+        bar = tqdm(total=num_batches * len(DDIMSampler(num_inference_steps, eta)), desc="sampling views",
+                   unit="step", disable=not progress, leave=False)
         for start in range(0, n, batch_size):
             sl = slice(start, min(n, start + batch_size))
             x_t = None if latents is None else latents[sl]

@@ -1,0 +1,58 @@
+"""The model bundled with the package (``zero123/assets/default_model``): it loads with no checkpoint given, has
+the documented sizes, and runs `zero123 views` / presets on the CPU."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from zero123.cli import main
+from zero123.loading import bundled_model_path, load_model
+from zero123.pipelines.image_to_3d_config import auto_preset, preset_config
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model(None)
+
+
+def _params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_bundled_model_is_the_documented_small_model(bundled):
+    assert bundled.variant.value == "zero123" and bundled.image_size == 128
+    assert bundled.unet.config.sample_size == 32 and bundled.unet.config.in_channels == 8
+    assert round(_params(bundled.unet) / 1e6, 1) == 10.4
+    assert round(_params(bundled.vae) / 1e6, 1) == 2.7
+    assert round(_params(bundled.image_encoder) / 1e6, 1) == 2.0
+    # fp16 on disk, at most ~30 MB in all; loaded as float32 on the CPU
+    size = sum(f.stat().st_size for f in bundled_model_path().rglob("*.safetensors"))
+    assert 25e6 < size < 32e6, size
+    assert all(p.dtype == torch.float32 for p in bundled.parameters())
+    assert all(torch.isfinite(p).all() for p in bundled.parameters())
+    card = (bundled_model_path() / "README.md").read_text()
+    assert "zero123 eval" in card and "PSNR" in card
+
+
+def test_views_without_checkpoint_uses_the_bundled_model(tmp_path):
+    rgba = np.zeros((96, 96, 4), np.uint8)
+    rgba[20:76, 30:66] = (200, 60, 40, 255)
+    Image.fromarray(rgba).save(tmp_path / "obj.png")
+    out = tmp_path / "views"
+    assert main(["views", str(tmp_path / "obj.png"), "--azimuth", "90", "180", "--steps", "4", "--out", str(out)]) == 0
+    views = [np.asarray(Image.open(out / f"view_{i:02d}.png")) for i in range(2)]
+    assert views[0].shape == (128, 128, 3)
+    assert not np.array_equal(views[0], views[1])
+    assert json.loads((out / "views.json").read_text())["checkpoint"] == "bundled"
+
+
+def test_auto_preset_follows_the_device():
+    assert auto_preset("cpu") == "cpu" and auto_preset("cuda:0") == "default"
+    assert preset_config("auto", device="cpu").preset == "cpu"
+    assert preset_config("auto", device="cuda").preset == "default"
+    cpu = preset_config("cpu")
+    assert cpu.steps == 200 and cpu.cameras.resolutions == (32, 64)
+    assert preset_config("default").steps == 600
