@@ -66,8 +66,17 @@ def test_example_configs_are_valid(name):
         from zero123.training.trainer import sizes_config
 
         sizes = sizes_config(cfg.model)
-        assert sizes.unet["cross_attention_dim"] == sizes.clip["projection_dim"] == 512
+        assert sizes.unet["cross_attention_dim"] == sizes.clip["projection_dim"] == 256
         assert sizes.unet["sample_size"] * 4 == 128  # 128 px, VAE downsampling 4
+        # the config is the one the bundled model was trained with
+        import json
+
+        from zero123.loading import bundled_model_path
+
+        shipped = json.loads((bundled_model_path() / "unet" / "config.json").read_text())
+        for key in ("block_out_channels", "down_block_types", "layers_per_block", "attention_head_dim",
+                    "cross_attention_dim", "sample_size", "in_channels"):
+            assert sizes.unet[key] == shipped[key], key
 
 
 def _free_port() -> int:
