@@ -146,6 +146,7 @@ class ViewPairDataset(torch.utils.data.Dataset):
         self.variant = ConditioningVariant.parse(variant)
         self.seed = int(seed)
         self.with_cond = bool(with_cond)
+        self._rt_cache: dict[tuple[int, int], torch.Tensor] = {}  # filled lazily (per loader worker)
         if check_files and self.objects:  # fail early, with a clear message, on a half-written dataset
             oid = self.objects[0].id
             for p in (layout.image_path(self.root, oid, 0), layout.camera_path(self.root, oid, 0)):
@@ -169,7 +170,11 @@ class ViewPairDataset(torch.utils.data.Dataset):
         obj = self.objects[object_index]
         if not 0 <= view < obj.num_views:
             raise Zero123Error(f"object {obj.id!r} has {obj.num_views} views, asked for view {view}")
-        return load_view_image(self.root, obj.id, view, self.image_size), load_view_rt(self.root, obj.id, view)
+        key = (object_index, view)
+        rt = self._rt_cache.get(key)
+        if rt is None:  # 48 bytes each; np.load's header parsing costs more than the PNG decode at 128 px
+            rt = self._rt_cache[key] = load_view_rt(self.root, obj.id, view)
+        return load_view_image(self.root, obj.id, view, self.image_size), rt.clone()
 
     def __getitem__(self, key):
         if isinstance(key, (tuple, list)):
