@@ -56,3 +56,22 @@ def test_auto_preset_follows_the_device():
     cpu = preset_config("cpu")
     assert cpu.steps == 200 and cpu.cameras.resolutions == (32, 64)
     assert preset_config("default").steps == 600
+
+
+def test_to3d_without_checkpoint_runs_the_cpu_preset_with_the_bundled_model(tmp_path):
+    import trimesh
+
+    rgba = np.zeros((96, 96, 4), np.uint8)
+    rgba[24:72, 34:62] = (40, 160, 60, 255)
+    rgba[40:56, 28:34] = (30, 40, 200, 255)
+    Image.fromarray(rgba).save(tmp_path / "obj.png")
+    out = tmp_path / "obj3d"
+    # the cpu preset chosen by `auto` on a CPU, compressed to 6 steps (its schedules follow)
+    assert main(["to3d", str(tmp_path / "obj.png"), "--out", str(out), "--steps", "6", "--no-progress"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == 6
+    mesh = trimesh.load(out / "model.glb", force="mesh")
+    assert len(mesh.faces) > 0 and len(mesh.faces) <= preset_config("cpu").export.max_faces
+    from zero123.pipelines.image_to_3d import load_checkpoint
+
+    assert load_checkpoint(out)["config"]["preset"] == "cpu"
