@@ -68,7 +68,7 @@ def small_config(steps=150):
 def test_reconstructs_analytic_shapes_from_mesh_rasteriser_renders(shape):
     r = reconstruct_mesh(analytic_shape(shape), small_config(), seed=0)
     assert r.mesh.is_watertight or len(r.mesh.faces) > 0
-    assert r.chamfer < 0.04, r.chamfer
+    assert r.chamfer < 0.02, r.chamfer  # the bar of issue 3 (measured: sphere 0.0075, torus 0.0093)
     assert r.iou > 0.8, r.iou
     if shape == "torus":  # the hole is open
         assert not voxelize(r.mesh, 48)[24, 24, 24]
