@@ -2,7 +2,7 @@
 
 ``skip_mp4_if_no_ffmpeg()`` replaces ``zero123.export.writers.write_mp4`` by a stand-in that writes the raw
 frames (``.npy``) when imageio-ffmpeg is missing, so the rest of the export (frame rendering on the GPU, GIF,
-meshes) is still timed. H.264 encoding is CPU work; ``bench_to3d.py`` reports its CPU time separately.
+meshes) is still timed. H.264 encoding (CPU work) is then not part of the figures.
 Returns a note for the results, or ``None`` when ffmpeg is there and nothing was replaced.
 """
 

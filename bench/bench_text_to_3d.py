@@ -202,10 +202,9 @@ def main() -> None:
     info["mp4"] = skip_mp4_if_no_ffmpeg() or "H.264 via imageio-ffmpeg"
 
     def save():  # after every row, so a run cut off by a time limit still leaves what it measured
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = args.out.with_name(args.out.name + ".tmp")
-        tmp_out.write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
-        tmp_out.replace(args.out)
+        from zero123.export.writers import atomic_write_bytes
+
+        atomic_write_bytes(args.out, (json.dumps({"info": info, "rows": rows}, indent=2) + "\n").encode())
 
     def add(name, times, unit_steps=None, **extra):
         med = statistics.median(times)

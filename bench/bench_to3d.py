@@ -220,10 +220,10 @@ def main(argv=None) -> int:
 
     def save():  # after every measurement, so a run cut off by a time limit still leaves what it measured
         if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(str(args.out) + ".tmp")
-            tmp.write_text(json.dumps({"info": info, "paths": paths, "runs": runs}, indent=2) + "\n")
-            tmp.replace(args.out)
+            from zero123.export.writers import atomic_write_bytes
+
+            atomic_write_bytes(args.out, (json.dumps({"info": info, "paths": paths, "runs": runs}, indent=2)
+                                          + "\n").encode())
 
     if not args.skip_naive:
         paths.append(bench_path("naive (fp32)", args, device, image, fast=False))

@@ -17,7 +17,8 @@ VAE_MINUTES=${VAE_MINUTES:-1.5}
 DIFF_MINUTES=${DIFF_MINUTES:-5.5}
 EVAL=${EVAL:-1}                    # 0: skip the evaluation (run it later: the last command below)
 WORKERS=${WORKERS:-$(nproc)}
-EVAL_OBJECTS=${EVAL_OBJECTS:-40}
+EVAL_OBJECTS=${EVAL_OBJECTS:-40}           # 40 test objects x 2 pairs: the model card's table
+EVAL_PAIRS=${EVAL_PAIRS:-2}
 EVAL_STEPS=${EVAL_STEPS:-50}
 ZERO123=${ZERO123:-"python3 -m zero123.cli"}
 EXTRA_VAE=${EXTRA_VAE:-}           # extra KEY=VALUE overrides, e.g. "batch_size=8 data.num_workers=0"
@@ -39,6 +40,6 @@ $ZERO123 train configs/small_default.yaml data.root="$WORK/renders" data.num_wor
 $ZERO123 convert "$WORK/diffusion/final" "$WORK/default_model" --half
 if [ "$EVAL" = 1 ]; then
   $ZERO123 eval --data "$WORK/renders" --checkpoint "$WORK/default_model" --max-objects "$EVAL_OBJECTS" \
-    --steps "$EVAL_STEPS" --out "$WORK/eval_test.json" --quiet
+    --pairs-per-object "$EVAL_PAIRS" --steps "$EVAL_STEPS" --out "$WORK/eval_test.json" --quiet
 fi
 echo "default model: $WORK/default_model  (copy to src/zero123/assets/default_model)"

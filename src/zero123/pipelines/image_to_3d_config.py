@@ -6,9 +6,8 @@
 runs 300 steps at lower resolution (random views 64/128 px, reference 128/256 px, 256 samples per ray) and exports
 a lighter mesh and video. ``cpu`` fits a laptop-class CPU with the small bundled model (200 steps, random views
 32/64 px in batches of 4/2, reference view 64 px, an 8-level hash grid, 64 samples per ray; about 1.1-1.4 s a step
-on 2 cores). ``tiny`` is for CPU
-tests with the tiny random model (a handful of steps, 16 px). ``auto_preset(device)`` picks ``default`` on a GPU
-and ``cpu`` on a CPU.
+on 2 cores). ``tiny`` is for CPU tests with the tiny random model (a handful of steps, 16 px).
+``auto_preset(device)`` picks ``default`` on a GPU and ``cpu`` on a CPU.
 
 Schedules and resolution milestones are written in *recipe steps* (``schedule_steps``, 600): a run of ``steps``
 steps evaluates them at ``step * schedule_steps / steps``, so shorter runs follow the same curves compressed.
