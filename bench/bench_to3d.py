@@ -1,10 +1,12 @@
 """Benchmark of image-to-3D (``zero123.pipelines.image_to_3d``): naive vs fast path, side by side.
 
-* **naive**: the diffusion model in float32 as built (diffusers' default attention processors).
+* **naive**: the diffusion model in float32 as built (diffusers' default attention processors) and the field's
+  hash-grid encoding in plain PyTorch (``encoding_backend="torch"``).
 * **fast**: float16 weights, channels_last, the single-token cross-attention shortcut
-  (``zero123.models.optimizations``); optionally the guided UNet pass replayed from a CUDA graph (``--graph``).
+  (``zero123.models.optimizations``), and the hash grid's Triton kernels (``encoding_backend="auto"``, what
+  ``zero123 to3d`` uses on a GPU); optionally the guided UNet pass replayed from a CUDA graph (``--graph``).
 
-The field, renderer and losses are identical in both (float32, pure PyTorch). Reported:
+Renderer, MLPs and losses are the same code in both (float32). Reported:
 
 1. time of one full training step (random views + SDS + reference view + backward + Adam) at each resolution
    stage of the recipe (64/128/256 px, batch 12/8/4; reference 128/256/512 px), and of the SDS part alone
@@ -52,6 +54,13 @@ def synthetic_image(size: int = 256) -> np.ndarray:
     return rgba
 
 
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - _T0:7.1f} s] {msg}", flush=True)
+
+
 class Timer:
     def __init__(self, device):
         self.cuda = device.type == "cuda"
@@ -76,17 +85,24 @@ class Timer:
         return times
 
 
-def build_model(args, device, fast: bool):
+def build_model(args, device, fast: bool, unet_channels_last: bool = True, vae_channels_last: bool = True):
     from zero123.models.configs import full_size_config, tiny_config
 
     cfg = tiny_config("stable_zero123") if args.tiny else full_size_config("stable_zero123")
-    model = cfg.build(seed=0, device=device, dtype=torch.float32).eval().requires_grad_(False)
+    t = time.perf_counter()
+    with torch.device(device):  # initialise the random weights on the GPU directly (much faster than on CPU)
+        model = cfg.build(seed=0, device=device, dtype=torch.float32).eval().requires_grad_(False)
     if fast:
         if device.type == "cuda":
             model = model.to(torch.float16)
         from zero123.models.optimizations import optimize_for_inference
 
-        optimize_for_inference(model, channels_last=device.type == "cuda")
+        optimize_for_inference(model, channels_last=False)
+        if device.type == "cuda" and unet_channels_last:
+            model.unet.to(memory_format=torch.channels_last)
+        if device.type == "cuda" and vae_channels_last:
+            model.vae.to(memory_format=torch.channels_last)
+    log(f"built the {'fast' if fast else 'naive'} model in {time.perf_counter() - t:.1f} s")
     return model
 
 
@@ -109,11 +125,13 @@ def bench_path(name, args, device, image, fast: bool, graph: bool = False) -> di
     model = build_model(args, device, fast)
     cfg = preset_config("tiny" if args.tiny else "default")
     cfg.sds.cuda_graph = graph
+    cfg.field.encoding_backend = "auto" if fast else "torch"
     ref = prepare_reference(image, cfg.reference_image_size, model.image_size)
     trainer = ImageTo3DTrainer(model, ref, cfg, seed=0)
     # shape the field a little (a few steps at stage 0) so the sample counts resemble a real run
     for _ in range(args.prime_steps):
         trainer.train_step()
+    log(f"{name}: {args.prime_steps} priming steps done")
     base_state = copy.deepcopy(trainer.state_dict())
     res = {"path": name, "stages": []}
     for stage, step in enumerate(stage_steps(cfg)):
@@ -160,6 +178,76 @@ def bench_path(name, args, device, image, fast: bool, graph: bool = False) -> di
     return res
 
 
+def sds_variants(args, device, image) -> list:
+    """SDS alone (VAE encode with gradient + guided UNet + backward) per stage, fp16 with and without
+    channels_last on the UNet / VAE: which memory format the fast path should use."""
+    from zero123.guidance.sds import SDSGuidance
+    from zero123.pipelines.image_to_3d import prepare_reference
+    from zero123.pipelines.image_to_3d_config import preset_config
+
+    timer, rows = Timer(device), []
+    cfg = preset_config("tiny" if args.tiny else "default")
+    cc = cfg.cameras
+    for unet_cl, vae_cl in ((True, True), (False, False), (True, False)):
+        model = build_model(args, device, True, unet_cl, vae_cl)
+        ref = prepare_reference(image, cfg.reference_image_size, model.image_size)
+        guidance = SDSGuidance(model, ref.condition, cfg.sds)
+        name = f"fp16, UNet {'channels_last' if unet_cl else 'contiguous'}, VAE {'channels_last' if vae_cl else 'contiguous'}"
+        for stage, (B, r) in enumerate(zip(cc.batch_sizes, cc.resolutions)):
+            g = torch.Generator(device=device).manual_seed(0)
+            rgb = torch.rand(B, r, r, 3, device=device, requires_grad=True)
+            elev, azim, rad = torch.full((B,), 20.0), torch.linspace(-180, 180, B + 1)[:-1], torch.full((B,), 3.8)
+
+            def step():
+                guidance(rgb, elev, azim, rad, 100.0, generator=g).loss.backward()
+                rgb.grad = None
+
+            t = statistics.median(timer(step, args.warmup, args.iters))
+            rows.append({"variant": name, "stage": stage, "batch": B, "resolution": r, "sds_s": t})
+            log(f"SDS {name}: stage {stage} ({B}x{r} px): {1000 * t:.1f} ms")
+        del model, guidance
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def profile_stages(args, device, image) -> list:
+    """torch.profiler tables of one fast-path training step per resolution stage (where the time goes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from zero123.pipelines.image_to_3d import ImageTo3DTrainer, prepare_reference
+    from zero123.pipelines.image_to_3d_config import preset_config
+
+    model = build_model(args, device, fast=True)
+    cfg = preset_config("tiny" if args.tiny else "default")
+    ref = prepare_reference(image, cfg.reference_image_size, model.image_size)
+    trainer = ImageTo3DTrainer(model, ref, cfg, seed=0)
+    for _ in range(args.prime_steps):
+        trainer.train_step()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    tables = []
+    for stage, step in enumerate(stage_steps(cfg)):
+        trainer.step = step
+        trainer.train_step()  # warm-up at this resolution
+        trainer.step = step
+        with profile(activities=acts) as prof:
+            trainer.train_step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by=sort, row_limit=30)
+        tables.append({"stage": stage, "step": step, "samples": trainer.last_losses.get("samples"), "table": table})
+        log(f"profile of one fast-path step at stage {stage} ({trainer.last_losses.get('samples')} samples):")
+        print(table, flush=True)
+    trainer.model = trainer.guidance = None
+    del model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return tables
+
+
 def full_run(name, args, device, image, preset: str, graph: bool) -> dict:
     from zero123.pipelines.image_to_3d import to3d
     from zero123.pipelines.image_to_3d_config import preset_config
@@ -200,7 +288,17 @@ def main(argv=None) -> int:
     p.add_argument("--graph", action="store_true", help="also time the fast path with the CUDA-graph UNet")
     p.add_argument("--full-graph", action="store_true", help="use the CUDA-graph UNet in the full runs")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--profile", action="store_true",
+                   help="first print torch.profiler tables of one fast-path step per stage")
+    p.add_argument("--sds-variants", action="store_true",
+                   help="time SDS alone in fp16 with/without channels_last (UNet, VAE) first")
+    p.add_argument("--dump-stacks", type=float, default=0,
+                   help="print every thread's Python stack every this many seconds (find where a slow run is)")
     args = p.parse_args(argv)
+    if args.dump_stacks > 0:
+        import faulthandler
+
+        faulthandler.dump_traceback_later(args.dump_stacks, repeat=True)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 3)
     args.iters = args.iters if args.iters is not None else (2 if args.tiny else 10)
@@ -216,15 +314,22 @@ def main(argv=None) -> int:
     from _no_ffmpeg import skip_mp4_if_no_ffmpeg
 
     info["mp4"] = skip_mp4_if_no_ffmpeg() or "H.264 via imageio-ffmpeg"
-    paths, runs = [], []
+    paths, runs, profiles, sds_rows = [], [], [], []
 
     def save():  # after every measurement, so a run cut off by a time limit still leaves what it measured
         if args.out:
             from zero123.export.writers import atomic_write_bytes
 
-            atomic_write_bytes(args.out, (json.dumps({"info": info, "paths": paths, "runs": runs}, indent=2)
+            atomic_write_bytes(args.out, (json.dumps({"info": info, "paths": paths, "runs": runs, "profiles": profiles,
+                                                      "sds_variants": sds_rows}, indent=2)
                                           + "\n").encode())
 
+    if args.sds_variants:
+        sds_rows.extend(sds_variants(args, device, image))
+        save()
+    if args.profile:
+        profiles.extend(profile_stages(args, device, image))
+        save()
     if not args.skip_naive:
         paths.append(bench_path("naive (fp32)", args, device, image, fast=False))
         save()

@@ -1,9 +1,15 @@
 """Shared test fixtures. Reference data lives in ``../shared/fixtures`` (CI) or ``$ZERO123_FIXTURES``."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+
+# Without an NVIDIA GPU, Triton kernels (zero123.fields.hash_grid_triton) run under Triton's interpreter on CPU
+# tensors. The switch is read when triton.language is first imported, so it is set here, before any test module.
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 

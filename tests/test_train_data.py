@@ -90,6 +90,22 @@ def test_pair_choice_is_a_function_of_seed_and_draw(data_root):
     assert off.min() > 0.5 * 2000 / 20  # every ordered pair of distinct views occurs, roughly uniformly
 
 
+def test_same_view_prob_mixes_in_identity_pairs_without_changing_the_others(data_root):
+    plain = ViewPairDataset(data_root, "train", seed=0)
+    mixed = ViewPairDataset(data_root, "train", seed=0, same_view_prob=0.25)
+    pairs, ref = [mixed.view_pair(d, 0) for d in range(2000)], [plain.view_pair(d, 0) for d in range(2000)]
+    same = [t == c for t, c in pairs]
+    assert 0.2 < np.mean(same) < 0.3
+    # the target view is the one the plain stream draws; distinct pairs are exactly the plain ones
+    assert all(p[0] == r[0] for p, r in zip(pairs, ref))
+    assert all(p == r for p, r, s_ in zip(pairs, ref, same) if not s_)
+    item = mixed[(next(d for d, s_ in enumerate(same) if s_), 0)]
+    torch.testing.assert_close(item["cond"], item["target"])
+    torch.testing.assert_close(item["camera"], embedding_from_rt("zero123", torch.eye(4)[:3], torch.eye(4)[:3]))
+    with pytest.raises(Zero123Error, match="same_view_prob"):
+        ViewPairDataset(data_root, "train", same_view_prob=1.5)
+
+
 def _draws(sampler):
     return [d for d, _ in sampler]
 

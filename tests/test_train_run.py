@@ -132,3 +132,25 @@ def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes_the_run(data_ro
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(Zero123Error, match="max_minutes"):
         config_from_dict(_base(data_root, tmp_path, max_minutes=0)).validate()
+
+
+def test_fine_tuning_a_loaded_folder_trains_unet_and_projection(data_root, tmp_path):
+    """init_from loads a model frozen for inference; fine-tuning must still update the UNet and the camera
+    projection (a bug once trained only the image encoder), and leave the frozen VAE alone."""
+    from zero123.loading import save_pretrained
+    from zero123.models.configs import tiny_config
+
+    src = tiny_config("zero123").build(seed=0)
+    save_pretrained(src, tmp_path / "init")
+    tr = _trainer(**_base(data_root, tmp_path / "run", max_steps=2, optim={"warmup_steps": 0, "lr": 1e-3},
+                          ema={"enabled": False}, model={"init_from": str(tmp_path / "init")}))
+    tr.setup()
+    names = {n.split(".")[1] for n, _ in tr.named_trainable}
+    assert {"unet", "camera_projection"} <= names and "vae" not in names
+    tr.train()
+    m = tr.accelerator.unwrap_model(tr.objective).model
+    for part in ("unet", "camera_projection"):
+        before = dict(getattr(src, part).named_parameters())
+        changed = [n for n, p in getattr(m, part).named_parameters() if not torch.equal(p.detach().cpu(), before[n])]
+        assert changed, part
+    assert all(torch.equal(p.detach().cpu(), q) for p, q in zip(m.vae.parameters(), src.vae.parameters()))

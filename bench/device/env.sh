@@ -6,5 +6,5 @@ if ! python3 -c "import diffusers, trimesh" 2>/dev/null && ls .whl/*.whl >/dev/n
     || exit 1
   export PYTHONPATH=/tmp/site:$PWD/src
 else
-  export PYTHONPATH=$PWD/src
+  export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}  # keep /tmp/site when sourced a second time
 fi

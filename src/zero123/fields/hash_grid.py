@@ -12,10 +12,14 @@ the trilinear weights), so analytic normals need no double backward: both output
 the custom autograd function below recomputes the corner indices in its backward instead of storing them. It
 saves only the input points, so memory per point is a few bytes instead of ``levels x 8`` indices.
 No gradient flows to the input points (ray samples are not optimised).
+
+On CUDA the same arithmetic runs as two Triton kernels (:mod:`zero123.fields.hash_grid_triton`) when Triton is
+installed (it ships with PyTorch's CUDA wheels); ``backend="torch"`` forces this file's PyTorch path.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -103,6 +107,34 @@ def _corner_indices_and_weights(x: torch.Tensor, lay: _Layout, with_jacobian: bo
     return idx, w, torch.stack([gx, gy, gz], dim=-1)
 
 
+BACKENDS = ("auto", "torch", "triton")
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernels can run here (Triton importable and a CUDA device present)."""
+    return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
+
+
+class _TritonHashGridFunction(torch.autograd.Function):
+    """Forward/backward through the Triton kernels (same outputs as ``_HashGridFunction``)."""
+
+    @staticmethod
+    def forward(ctx, x, table, lay, with_jacobian):
+        from .hash_grid_triton import hash_grid_forward
+
+        ctx.save_for_backward(x)
+        ctx.lay, ctx.table_shape, ctx.table_dtype = lay, table.shape, table.dtype
+        return hash_grid_forward(x, table, lay, with_jacobian)
+
+    @staticmethod
+    def backward(ctx, grad_feat, grad_jac):
+        from .hash_grid_triton import hash_grid_backward
+
+        (x,) = ctx.saved_tensors
+        grad_table = hash_grid_backward(x, grad_feat, grad_jac, ctx.table_shape, ctx.lay)
+        return None, grad_table.to(ctx.table_dtype), None, None
+
+
 class _HashGridFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, table, lay, with_jacobian, chunk):
@@ -151,12 +183,18 @@ class HashGridEncoding(nn.Module):
 
     Args mirror tiny-cuda-nn's ``HashGrid`` config: ``n_levels`` (16), ``n_features_per_level`` (2),
     ``log2_hashmap_size`` (19), ``base_resolution`` (16), ``per_level_scale`` (1.4473 -> finest 4096).
-    ``chunk``: points processed at once inside forward/backward (bounds temporary memory ~ chunk * L * 8 * 24 B).
+    ``chunk``: points processed at once inside forward/backward of the PyTorch path (bounds temporary memory
+    ~ chunk * L * 8 * 24 B). ``backend``: ``"auto"`` (Triton kernels for CUDA inputs when available, else
+    PyTorch), ``"torch"`` or ``"triton"``.
     """
 
     def __init__(self, n_levels: int = 16, n_features_per_level: int = 2, log2_hashmap_size: int = 19,
-                 base_resolution: int = 16, per_level_scale: float = 1.447269237440378, chunk: int = 1 << 18):
+                 base_resolution: int = 16, per_level_scale: float = 1.447269237440378, chunk: int = 1 << 18,
+                 backend: str = "auto"):
         super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown hash-grid backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        self.backend = backend
         self.n_levels, self.n_features_per_level = n_levels, n_features_per_level
         self.chunk = int(chunk)
         self._layout_args = level_layout(n_levels, log2_hashmap_size, base_resolution, per_level_scale)
@@ -178,8 +216,18 @@ class HashGridEncoding(nn.Module):
             self._layouts[key] = _Layout(*self._layout_args, device=device)
         return self._layouts[key]
 
+    def use_triton(self, x: torch.Tensor) -> bool:
+        """Whether points ``x`` go through the Triton kernels (see ``backend``)."""
+        if self.backend == "torch":
+            return False
+        if self.backend == "triton":
+            return True
+        return x.is_cuda and triton_available()
+
     def forward(self, x: torch.Tensor, with_jacobian: bool = False):
         """Returns ``features [N, L*F]`` and, when ``with_jacobian``, ``d features / d x`` ``[N, L*F, 3]``
         (else ``None``). ``x`` is detached: no gradient flows to the points."""
         x = x.detach().reshape(-1, 3).contiguous()
+        if self.use_triton(x):
+            return _TritonHashGridFunction.apply(x.float(), self.table, self._layout(x.device), bool(with_jacobian))
         return _HashGridFunction.apply(x, self.table, self._layout(x.device), bool(with_jacobian), self.chunk)

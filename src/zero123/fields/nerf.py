@@ -44,7 +44,8 @@ class FieldConfig:
     density_activation: str = "softplus"    # "softplus" or "exp"
     normal_type: str = "analytic"           # "analytic" or "finite_difference"
     fd_eps: float = 0.01
-    chunk: int = 1 << 18                    # points per hash-grid chunk
+    chunk: int = 1 << 18                    # points per hash-grid chunk (PyTorch path)
+    encoding_backend: str = "auto"          # "auto" (Triton kernels on CUDA), "torch" or "triton"
     checkpoint_mlp: bool = True             # recompute MLP activations in backward (saves memory)
 
     def to_dict(self) -> dict:
@@ -103,7 +104,8 @@ class NeRFField(nn.Module):
         if config.density_activation not in ("softplus", "exp"):
             raise Zero123Error(f"unknown density_activation {config.density_activation!r}")
         self.encoding = HashGridEncoding(config.n_levels, config.n_features_per_level, config.log2_hashmap_size,
-                                         config.base_resolution, config.per_level_scale, chunk=config.chunk)
+                                         config.base_resolution, config.per_level_scale, chunk=config.chunk,
+                                         backend=config.encoding_backend)
         d = self.encoding.n_output_dims
         self.density_net = _mlp(d, 1, config.mlp_width, config.mlp_hidden_layers)
         self.feature_net = _mlp(d, 3, config.mlp_width, config.mlp_hidden_layers)

@@ -41,6 +41,10 @@ class DataConfig:
     num_workers: int = 2
     #: only use the first N objects of the split (after manifest order); null = all.
     max_objects: int | None = None
+    #: probability that a training pair uses the same view as input and target (camera change 0). Zero123 always
+    #: draws two distinct views (0, the default). A small share helps a model trained FROM SCRATCH discover its
+    #: pixel-aligned input (the concat latent), which it otherwise learns to ignore; not used for validation.
+    same_view_prob: float = 0.0
 
 
 @dataclass

@@ -135,7 +135,8 @@ class ViewPairDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, split: str = "train", image_size: int | None = None, variant: str = "zero123",
-                 seed: int = 0, max_objects: int | None = None, check_files: bool = True, with_cond: bool = True):
+                 seed: int = 0, max_objects: int | None = None, check_files: bool = True, with_cond: bool = True,
+                 same_view_prob: float = 0.0):
         self.root = Path(root)
         self.manifest = layout.read_manifest(self.root)
         self.split = split
@@ -146,6 +147,9 @@ class ViewPairDataset(torch.utils.data.Dataset):
         self.variant = ConditioningVariant.parse(variant)
         self.seed = int(seed)
         self.with_cond = bool(with_cond)
+        if not 0.0 <= float(same_view_prob) <= 1.0:
+            raise Zero123Error(f"same_view_prob must be in [0, 1], got {same_view_prob}")
+        self.same_view_prob = float(same_view_prob)
         self._rt_cache: dict[tuple[int, int], torch.Tensor] = {}  # filled lazily (per loader worker)
         if check_files and self.objects:  # fail early, with a clear message, on a half-written dataset
             oid = self.objects[0].id
@@ -158,11 +162,14 @@ class ViewPairDataset(torch.utils.data.Dataset):
         return len(self.objects)
 
     def view_pair(self, draw: int, object_index: int) -> tuple[int, int]:
-        """``(target_view, cond_view)`` of a draw."""
+        """``(target_view, cond_view)`` of a draw: two distinct views, or with probability ``same_view_prob``
+        (its own random stream, so the distinct pairs are the same as without it) one view twice."""
         n = self.objects[object_index].num_views
         if n == 1:
             return 0, 0
         target, cond = _seeded_rng(self.seed, 0, draw).choice(n, size=2, replace=False)
+        if self.same_view_prob > 0 and _seeded_rng(self.seed, 2, draw).random() < self.same_view_prob:
+            cond = target
         return int(target), int(cond)
 
     def load_view(self, object_index: int, view: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -477,6 +477,9 @@ class Trainer:
         else:
             model = build_model(cfg.model, size_hint, cfg.seed, device=acc.device)
             train_enc = cfg.model.train_image_encoder
+            # a loaded checkpoint (init_from) arrives frozen for inference: the trained parts are set explicitly
+            model.unet.requires_grad_(True)
+            model.camera_projection.requires_grad_(True)
             model.image_encoder.requires_grad_(train_enc).train(train_enc)
             model.vae.requires_grad_(not cfg.model.freeze_vae)
             if frozen != torch.float32:  # nn.Module.to: diffusers' override warns about an empty fp32 list
@@ -525,7 +528,8 @@ class Trainer:
         data_kw = dict(image_size=self.image_size, with_cond=not self.is_vae_stage,
                        variant="zero123" if self.is_vae_stage else self.model.variant.value)
         self.train_set = ViewPairDataset(cfg.data.root, cfg.data.split, seed=cfg.seed,
-                                         max_objects=cfg.data.max_objects, **data_kw)
+                                         max_objects=cfg.data.max_objects, same_view_prob=cfg.data.same_view_prob,
+                                         **data_kw)
         if len(self.train_set) == 0:
             raise Zero123Error(f"dataset {cfg.data.root}: split {cfg.data.split!r} has no objects")
         self.val_set = ViewPairDataset(cfg.data.root, cfg.data.val_split, seed=cfg.seed + 1, **data_kw)
