@@ -192,7 +192,8 @@ def sds_variants(args, device, image) -> list:
         model = build_model(args, device, True, unet_cl, vae_cl)
         ref = prepare_reference(image, cfg.reference_image_size, model.image_size)
         guidance = SDSGuidance(model, ref.condition, cfg.sds)
-        name = f"fp16, UNet {'channels_last' if unet_cl else 'contiguous'}, VAE {'channels_last' if vae_cl else 'contiguous'}"
+        fmt = {True: "channels_last", False: "contiguous"}
+        name = f"fp16, UNet {fmt[unet_cl]}, VAE {fmt[vae_cl]}"
         for stage, (B, r) in enumerate(zip(cc.batch_sizes, cc.resolutions)):
             g = torch.Generator(device=device).manual_seed(0)
             rgb = torch.rand(B, r, r, 3, device=device, requires_grad=True)

@@ -11,6 +11,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from zero123.errors import Zero123Error  # noqa: E402
 from zero123.fields import FieldConfig, HashGridEncoding, NeRFField  # noqa: E402
 
 LAYOUTS = [
@@ -112,6 +113,14 @@ def test_backend_choice():
     assert HashGridEncoding(4, 2, 10, 4, 2.0).use_triton(torch.zeros(1, 3)) is False      # auto: CPU -> PyTorch
     with pytest.raises(ValueError, match="unknown hash-grid backend"):
         HashGridEncoding(4, 2, 10, 4, 2.0, backend="tcnn")
+    with pytest.raises(Zero123Error, match="unknown encoding_backend"):
+        NeRFField(FieldConfig(encoding_backend="tcnn"))
+
+
+def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        HashGridEncoding(4, 2, 10, 4, 2.0, backend="triton")(torch.rand(5, 3))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETED, reason="compiled kernels need a CUDA device")

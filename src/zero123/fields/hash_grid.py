@@ -5,7 +5,8 @@ Input points are in the unit cube ``[0, 1]^3``. Level ``l`` has ``scale_l = base
 ``pos = x * scale_l + 0.5`` and is trilinearly interpolated from the 8 surrounding vertices. Coarse levels whose
 ``resolution_l**3`` vertices fit in the table are indexed densely (``x + y*R + z*R^2``), the others through the
 coherent prime hash ``(x * 1) ^ (y * 2654435761) ^ (z * 805459861)`` modulo the (power-of-two) table size, as
-tiny-cuda-nn does (dense levels clamp the far-boundary vertex instead of wrapping). Parameters of all levels live in one ``[sum(T_l), F]`` table (init U(-1e-4, 1e-4)).
+tiny-cuda-nn does (dense levels clamp the far-boundary vertex instead of wrapping). Parameters of all levels live
+in one ``[sum(T_l), F]`` table (init U(-1e-4, 1e-4)).
 
 Besides the features the encoder can return their **spatial Jacobian** ``d features / d x`` (analytic derivative of
 the trilinear weights), so analytic normals need no double backward: both outputs are linear in the table, and
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 
 import torch
 from torch import nn
@@ -221,6 +223,8 @@ class HashGridEncoding(nn.Module):
         if self.backend == "torch":
             return False
         if self.backend == "triton":
+            if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+                raise ValueError("hash-grid backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 on a CPU)")
             return True
         return x.is_cuda and triton_available()
 

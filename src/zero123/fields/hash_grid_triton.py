@@ -24,10 +24,15 @@ BLOCK = 128
 
 
 @triton.jit
-def _level_setup(x_ptr, scales_ptr, res_ptr, offsets_ptr, primes_ptr, n_points, n_dense, lvl, pid,
-                 BLOCK: tl.constexpr):
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+def _level_setup(x_ptr, scales_ptr, res_ptr, offsets_ptr, primes_ptr, n_points, n_dense, L: tl.constexpr,
+                 F: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's points (block ``program_id(0)``) at its level (``program_id(1)``): feature lanes ``f`` [F],
+    point mask ``m2`` [BLOCK,1], output columns ``col`` [BLOCK,F] of ``[N, L*F]``, scaled positions, level data."""
+    lvl = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < n_points
+    f = tl.arange(0, F)
+    col = offs[:, None].to(tl.int64) * (L * F) + lvl * F + f[None, :]
     px = tl.load(x_ptr + offs * 3 + 0, mask=valid, other=0.0).to(tl.float32)
     py = tl.load(x_ptr + offs * 3 + 1, mask=valid, other=0.0).to(tl.float32)
     pz = tl.load(x_ptr + offs * 3 + 2, mask=valid, other=0.0).to(tl.float32)
@@ -37,8 +42,8 @@ def _level_setup(x_ptr, scales_ptr, res_ptr, offsets_ptr, primes_ptr, n_points, 
     dense = lvl < n_dense
     p1 = tl.load(primes_ptr + 1)  # int64 hash primes (loaded, so that no literal is narrowed to 32 bits)
     p2 = tl.load(primes_ptr + 2)
-    return (offs, valid, px * scale + 0.5, py * scale + 0.5, pz * scale + 0.5, scale, res, table_offset, dense,
-            p1, p2)
+    return (f, valid[:, None], col, px * scale + 0.5, py * scale + 0.5, pz * scale + 0.5, scale, res, table_offset,
+            dense, p1, p2)
 
 
 @triton.jit
@@ -84,12 +89,8 @@ def _corner(posx, posy, posz, scale, res, table_offset, dense, hash_mask, p1, p2
 @triton.jit
 def _hash_grid_fwd(x_ptr, table_ptr, scales_ptr, res_ptr, offsets_ptr, primes_ptr, feat_ptr, jac_ptr, n_points,
                    n_dense, hash_mask, L: tl.constexpr, F: tl.constexpr, JAC: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    lvl = tl.program_id(1)
-    offs, valid, posx, posy, posz, scale, res, table_offset, dense, p1, p2 = _level_setup(
-        x_ptr, scales_ptr, res_ptr, offsets_ptr, primes_ptr, n_points, n_dense, lvl, pid, BLOCK)
-    f = tl.arange(0, F)
-    m2 = valid[:, None]
+    f, m2, col, posx, posy, posz, scale, res, table_offset, dense, p1, p2 = _level_setup(
+        x_ptr, scales_ptr, res_ptr, offsets_ptr, primes_ptr, n_points, n_dense, L, F, BLOCK)
     acc = tl.zeros([BLOCK, F], dtype=tl.float32)
     jx = tl.zeros([BLOCK, F], dtype=tl.float32)
     jy = tl.zeros([BLOCK, F], dtype=tl.float32)
@@ -102,7 +103,6 @@ def _hash_grid_fwd(x_ptr, table_ptr, scales_ptr, res_ptr, offsets_ptr, primes_pt
             jx += dwx[:, None] * v
             jy += dwy[:, None] * v
             jz += dwz[:, None] * v
-    col = offs[:, None].to(tl.int64) * (L * F) + lvl * F + f[None, :]
     tl.store(feat_ptr + col, acc, mask=m2)
     if JAC:
         tl.store(jac_ptr + col * 3 + 0, jx, mask=m2)
@@ -112,15 +112,10 @@ def _hash_grid_fwd(x_ptr, table_ptr, scales_ptr, res_ptr, offsets_ptr, primes_pt
 
 @triton.jit
 def _hash_grid_bwd(x_ptr, gfeat_ptr, gjac_ptr, gtable_ptr, scales_ptr, res_ptr, offsets_ptr, primes_ptr, n_points,
-                   n_dense, hash_mask, L: tl.constexpr, F: tl.constexpr, HAS_GFEAT: tl.constexpr, HAS_GJAC: tl.constexpr,
-                   BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    lvl = tl.program_id(1)
-    offs, valid, posx, posy, posz, scale, res, table_offset, dense, p1, p2 = _level_setup(
-        x_ptr, scales_ptr, res_ptr, offsets_ptr, primes_ptr, n_points, n_dense, lvl, pid, BLOCK)
-    f = tl.arange(0, F)
-    m2 = valid[:, None]
-    col = offs[:, None].to(tl.int64) * (L * F) + lvl * F + f[None, :]
+                   n_dense, hash_mask, L: tl.constexpr, F: tl.constexpr, HAS_GFEAT: tl.constexpr,
+                   HAS_GJAC: tl.constexpr, BLOCK: tl.constexpr):
+    f, m2, col, posx, posy, posz, scale, res, table_offset, dense, p1, p2 = _level_setup(
+        x_ptr, scales_ptr, res_ptr, offsets_ptr, primes_ptr, n_points, n_dense, L, F, BLOCK)
     g = tl.zeros([BLOCK, F], dtype=tl.float32)
     gx = tl.zeros([BLOCK, F], dtype=tl.float32)
     gy = tl.zeros([BLOCK, F], dtype=tl.float32)
@@ -170,6 +165,6 @@ def hash_grid_backward(x: torch.Tensor, grad_feat, grad_jac, table_shape, lay) -
     gj = grad_jac.float().contiguous() if grad_jac is not None else gtable
     grid = (triton.cdiv(n, BLOCK), n_levels)
     _hash_grid_bwd[grid](x, gf, gj, gtable, lay.scales, lay.res, lay.offsets, lay.primes, n, lay.n_dense,
-                         lay.hash_mask, L=n_levels, F=n_feat, HAS_GFEAT=grad_feat is not None, HAS_GJAC=grad_jac is not None,
-                         BLOCK=BLOCK)
+                         lay.hash_mask, L=n_levels, F=n_feat, HAS_GFEAT=grad_feat is not None,
+                         HAS_GJAC=grad_jac is not None, BLOCK=BLOCK)
     return gtable
