@@ -2,13 +2,16 @@
 # Continue training the bundled default model (one device call under 10 minutes): render the procedural dataset
 # exactly as tools/train_default_model.sh does, then train the diffusion stage starting from the shipped weights
 # (model.init_from; the shipped VAE stays frozen), convert to the fp16 folder and pack it into $OUT as
-# bench/device/train_default_model.sh does.
+# bench/device/train_default_model.sh does. Chained calls: unpack the returned model.tar parts into a folder that
+# travels with the next call (device tool's carry, e.g. runs/ft1/default_model, 30 MB) and pass it as INIT.
 #   MINUTES=6.5 EXTRA="data.same_view_prob=0.2" bash bench/device/finetune_default_model.sh
+#   INIT=runs/ft1/default_model MINUTES=8 bash bench/device/finetune_default_model.sh
 set -uo pipefail
 # shellcheck source=bench/device/env.sh
 . bench/device/env.sh
 WORK=${WORK:-/tmp/dmft}
 MINUTES=${MINUTES:-6.5}
+INIT=${INIT:-src/zero123/assets/default_model}
 EXTRA=${EXTRA:-}
 ZERO123="python3 -m zero123.cli"
 pack() {
@@ -26,7 +29,7 @@ $ZERO123 render-dataset --out "$WORK/renders" --procedural 1000 --views 12 --siz
 echo "rendered in ${SECONDS}s"
 # shellcheck disable=SC2086
 $ZERO123 train configs/small_default.yaml data.root="$WORK/renders" data.num_workers=12 \
-  model.init_from=src/zero123/assets/default_model 'model.unet={}' 'model.vae={}' 'model.clip={}' \
+  model.init_from="$INIT" 'model.unet={}' 'model.vae={}' 'model.clip={}' \
   model.vae_from=null --output-dir "$WORK/diffusion" --max-minutes "$MINUTES" $EXTRA 2>&1 \
   | tee "$OUT/train.log" | grep -v 'step/s\]\|s/step\]'
 $ZERO123 convert "$WORK/diffusion/final" "$WORK/default_model" --half
