@@ -114,23 +114,30 @@ def stage_steps(cfg) -> list:
     return out
 
 
-def bench_path(name, args, device, image, fast: bool, graph: bool = False) -> dict:
+def primed_trainer(args, device, image, fast: bool, graph: bool = False):
+    """An ``ImageTo3DTrainer`` of the default recipe (tiny with ``--tiny``) on a new naive/fast model, after
+    ``--prime-steps`` steps that shape the field a little, so that sample counts resemble a real run."""
     from zero123.pipelines.image_to_3d import ImageTo3DTrainer, prepare_reference
     from zero123.pipelines.image_to_3d_config import preset_config
 
-    timer = Timer(device)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
     model = build_model(args, device, fast)
     cfg = preset_config("tiny" if args.tiny else "default")
     cfg.sds.cuda_graph = graph
     cfg.field.encoding_backend = "auto" if fast else "torch"
     ref = prepare_reference(image, cfg.reference_image_size, model.image_size)
     trainer = ImageTo3DTrainer(model, ref, cfg, seed=0)
-    # shape the field a little (a few steps at stage 0) so the sample counts resemble a real run
     for _ in range(args.prime_steps):
         trainer.train_step()
+    return trainer
+
+
+def bench_path(name, args, device, image, fast: bool, graph: bool = False) -> dict:
+    timer = Timer(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    trainer = primed_trainer(args, device, image, fast, graph)
+    cfg = trainer.cfg
     log(f"{name}: {args.prime_steps} priming steps done")
     base_state = copy.deepcopy(trainer.state_dict())
     res = {"path": name, "stages": []}
@@ -217,15 +224,8 @@ def profile_stages(args, device, image) -> list:
     """torch.profiler tables of one fast-path training step per resolution stage (where the time goes)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from zero123.pipelines.image_to_3d import ImageTo3DTrainer, prepare_reference
-    from zero123.pipelines.image_to_3d_config import preset_config
-
-    model = build_model(args, device, fast=True)
-    cfg = preset_config("tiny" if args.tiny else "default")
-    ref = prepare_reference(image, cfg.reference_image_size, model.image_size)
-    trainer = ImageTo3DTrainer(model, ref, cfg, seed=0)
-    for _ in range(args.prime_steps):
-        trainer.train_step()
+    trainer = primed_trainer(args, device, image, fast=True)
+    cfg = trainer.cfg
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     tables = []
@@ -242,7 +242,6 @@ def profile_stages(args, device, image) -> list:
         log(f"profile of one fast-path step at stage {stage} ({trainer.last_losses.get('samples')} samples):")
         print(table, flush=True)
     trainer.model = trainer.guidance = None
-    del model
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -43,8 +43,9 @@ def conditioning_losses(model, dataset, num_pairs: int = 64, timesteps=(200, 500
     batch = {k: torch.stack([it[k] for it in items]) for k in ("target", "cond", "camera")}
     h = model.unet.config.sample_size
     noise = draw_noise(list(range(n)), seed, (model.latent_channels, h, h))
-    eye = torch.eye(4)[:3]
-    zero_cam = embedding_from_rt(model.variant.value, eye, eye).reshape(1, 4).expand(n, 4)
+    # camera change zero from the target's own pose (Stable Zero123's embedding also carries its elevation)
+    target_rts = [dataset.load_view(int(it["object_index"]), int(it["target_view"]))[1] for it in items]
+    zero_cam = torch.stack([embedding_from_rt(model.variant.value, rt, rt).reshape(4) for rt in target_rts])
     roll = torch.arange(n).roll(1)
     inputs = {
         "true": (batch["cond"], batch["camera"]),
