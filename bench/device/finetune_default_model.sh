@@ -2,7 +2,7 @@
 # Continue training the bundled default model (one device call under 10 minutes): render the procedural dataset
 # exactly as tools/train_default_model.sh does, then train the diffusion stage starting from the shipped weights
 # (model.init_from; the shipped VAE stays frozen), convert to the fp16 folder and pack it into $OUT as
-# bench/device/train_default_model.sh does. Chained calls: unpack the returned model.tar parts into a folder that
+# bench/device/train_default_model.sh does; then the conditioning check and zero123 eval on the GPU. Chained calls: unpack the returned model.tar parts into a folder that
 # travels with the next call (device tool's carry, e.g. runs/ft1/default_model, 30 MB) and pass it as INIT.
 #   MINUTES=6.5 EXTRA="data.same_view_prob=0.2" bash bench/device/finetune_default_model.sh
 #   INIT=runs/ft1/default_model MINUTES=8 bash bench/device/finetune_default_model.sh
@@ -33,4 +33,10 @@ $ZERO123 train configs/small_default.yaml data.root="$WORK/renders" data.num_wor
   model.vae_from=null --output-dir "$WORK/diffusion" --max-minutes "$MINUTES" $EXTRA 2>&1 \
   | tee "$OUT/train.log" | grep -v 'step/s\]\|s/step\]'
 $ZERO123 convert "$WORK/diffusion/final" "$WORK/default_model" --half
+# quick checks on the GPU (the model card's figures are re-measured on a CPU before any weights are shipped):
+# does the model use its camera now, and the held-out metrics against the baselines
+python3 -m zero123.evaluation.conditioning --data "$WORK/renders" --split test -c "$WORK/default_model" \
+  --pairs 128 --device cuda --out "$OUT/conditioning.json" 2>&1 | grep -v Warning
+$ZERO123 eval --data "$WORK/renders" --checkpoint "$WORK/default_model" --max-objects 40 --pairs-per-object 2 \
+  --steps 50 --out "$OUT/eval_test_gpu.json" --quiet 2>&1 | grep -v Warning
 echo "total ${SECONDS}s"
