@@ -32,19 +32,18 @@ def conditioning_losses(model, dataset, num_pairs: int = 64, timesteps=(200, 500
     """``{variant: {t: loss}}`` (mean squared eps error) on the first ``num_pairs`` draws of ``dataset``
     (a ``ViewPairDataset``); ``model`` a ``Zero123Model`` (evaluated in float32 on its device)."""
     from ..camera import embedding_from_rt
-    from ..training.trainer import DiffusionObjective, draw_noise
+    from ..training.trainer import DiffusionObjective, PairCollate
 
     model = model.float().eval()
     objective = DiffusionObjective(model).eval()
     n = int(num_pairs)
     if n < 2:
         raise ValueError("need at least 2 pairs (the shuffles swap between pairs)")
-    items = [dataset[(d, d % len(dataset))] for d in range(n)]
-    batch = {k: torch.stack([it[k] for it in items]) for k in ("target", "cond", "camera")}
     h = model.unet.config.sample_size
-    noise = draw_noise(list(range(n)), seed, (model.latent_channels, h, h))
+    # the training collate: stacked pairs plus the noise of each draw (draws 0..n-1, seeded by ``seed``)
+    batch = PairCollate(seed, (model.latent_channels, h, h))([dataset[(d, d % len(dataset))] for d in range(n)])
     # camera change zero from the target's own pose (Stable Zero123's embedding also carries its elevation)
-    target_rts = [dataset.load_view(int(it["object_index"]), int(it["target_view"]))[1] for it in items]
+    target_rts = [dataset.load_view(int(i), int(v))[1] for i, v in zip(batch["object_index"], batch["target_view"])]
     zero_cam = torch.stack([embedding_from_rt(model.variant.value, rt, rt).reshape(4) for rt in target_rts])
     roll = torch.arange(n).roll(1)
     inputs = {
@@ -63,7 +62,7 @@ def conditioning_losses(model, dataset, num_pairs: int = 64, timesteps=(200, 500
                 sl = slice(s, min(n, s + batch_size))
                 m = sl.stop - sl.start
                 res = objective(batch["target"][sl].to(dev), cond[sl].to(dev), cam[sl].to(dev),
-                                noise["noise"][sl].to(dev), noise["posterior_noise"][sl].to(dev),
+                                batch["noise"][sl].to(dev), batch["posterior_noise"][sl].to(dev),
                                 torch.full((m,), int(t), device=dev, dtype=torch.long), torch.ones(m, device=dev))
                 total += float(res["diffusion_loss"]) * m
             out[name][int(t)] = total / n

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import Zero123Error
+from .hash_grid import BACKENDS as HASH_GRID_BACKENDS
 from .hash_grid import HashGridEncoding
 
 
@@ -101,8 +102,9 @@ class NeRFField(nn.Module):
             raise Zero123Error(f"unknown normal_type {config.normal_type!r}: use 'analytic' or 'finite_difference'")
         if config.density_bias not in ("blob_magic3d", "blob_dreamfusion", "none"):
             raise Zero123Error(f"unknown density_bias {config.density_bias!r}")
-        if config.encoding_backend not in ("auto", "torch", "triton"):
-            raise Zero123Error(f"unknown encoding_backend {config.encoding_backend!r}: use auto, torch or triton")
+        if config.encoding_backend not in HASH_GRID_BACKENDS:
+            raise Zero123Error(f"unknown encoding_backend {config.encoding_backend!r}: use one of "
+                               f"{', '.join(HASH_GRID_BACKENDS)}")
         if config.density_activation not in ("softplus", "exp"):
             raise Zero123Error(f"unknown density_activation {config.density_activation!r}")
         self.encoding = HashGridEncoding(config.n_levels, config.n_features_per_level, config.log2_hashmap_size,
