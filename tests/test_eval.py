@@ -193,6 +193,22 @@ def test_evaluate_oracle_input_and_baselines(dataset):
         evaluate(lambda x, *a: x[:, :, :8], dataset, pairs, progress=False)
 
 
+def test_mean_train_image_is_the_mean_of_the_training_views(dataset):
+    from zero123.evaluation.runner import _mean_image
+
+    train = layout.read_manifest(dataset).objects_in("train")
+    views = [layout.load_view(dataset, o.id, v, 32)[0].double() for o in train for v in range(o.num_views)]
+    full = _mean_image(dataset, train, 32)
+    assert full.shape == (3, 32, 32)
+    assert torch.allclose(full.double(), torch.stack(views).mean(0), atol=1e-6)
+    # more views than the cap: the mean of a seeded sample of exactly `max_views` of them
+    sample = _mean_image(dataset, train, 32, max_views=3)
+    assert torch.equal(sample, _mean_image(dataset, train, 32, max_views=3))
+    subsets = [torch.stack(c).mean(0) for c in __import__("itertools").combinations(views, 3)]
+    assert min(float((sample.double() - m).abs().max()) for m in subsets) < 1e-6
+    assert not torch.allclose(sample, full, atol=1e-3)
+
+
 def test_pipeline_predictor_with_tiny_model(dataset, tiny_model):
     from zero123.pipelines.zero123_pipeline import Zero123Pipeline
 

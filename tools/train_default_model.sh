@@ -10,7 +10,7 @@
 # last checkpoint (--resume latest) for another *_MINUTES each; rendering is skipped once the manifest exists.
 set -euo pipefail
 WORK=${WORK:-runs/default_model}
-OBJECTS=${OBJECTS:-1000}           # procedural objects (10 % held out for test, 5 % for validation)
+OBJECTS=${OBJECTS:-2000}           # procedural objects (10 % held out for test, 5 % for validation)
 VIEWS=${VIEWS:-12}
 SIZE=${SIZE:-128}
 VAE_MINUTES=${VAE_MINUTES:-1.5}
