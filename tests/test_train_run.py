@@ -112,6 +112,31 @@ def test_vae_stage_learns_and_exports_a_usable_vae(data_root, tmp_path):
         build_model(ModelConfig(preset="tiny", vae_from=str(tmp_path / "nothing")))
 
 
+def test_vae_decoder_only_keeps_the_encoder_and_the_latent_scale(data_root, tmp_path):
+    first = _trainer(**_base(data_root, tmp_path / "a", stage="vae", max_steps=2, export=True,
+                             ema={"enabled": False}, optim={"warmup_steps": 0, "vae_lr": 2e-3}))
+    vae_dir = first.train().export_dir
+    scale = json.loads((vae_dir / "config.json").read_text())["scaling_factor"]
+    tr = _trainer(**_base(data_root, tmp_path / "b", stage="vae", max_steps=4, export=True, ema={"enabled": False},
+                          optim={"warmup_steps": 0, "vae_lr": 2e-3},
+                          model={"preset": "tiny", "vae_from": str(vae_dir), "vae_decoder_only": True}))
+    tr.setup()
+    start = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    before = tr.evaluate_loss(4, tr.train_set, tr.collate)
+    out = tr.train().export_dir
+    assert tr.evaluate_loss(4, tr.train_set, tr.collate) < before
+    trained = load_file(out / "diffusion_pytorch_model.safetensors")
+    enc = [k for k in start if k.startswith(("encoder.", "quant_conv."))]
+    dec = [k for k in start if k.startswith(("decoder.", "post_quant_conv."))]
+    assert enc and dec
+    assert all(torch.equal(trained[k], start[k]) for k in enc)  # the latent space is untouched
+    assert sum(not torch.equal(trained[k], start[k]) for k in dec) > len(dec) // 2
+    # the scaling factor is kept as it was (not re-estimated), so a UNet trained on these latents still fits
+    assert json.loads((out / "config.json").read_text())["scaling_factor"] == scale
+    with pytest.raises(Zero123Error, match="vae_decoder_only"):
+        config_from_dict(_base(data_root, tmp_path / "c", model={"preset": "tiny", "vae_decoder_only": True}))
+
+
 def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes_the_run(data_root, tmp_path, monkeypatch):
     import zero123.training.trainer as trainer_mod
 

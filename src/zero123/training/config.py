@@ -74,6 +74,9 @@ class ModelConfig:
     #: true: the VAE is frozen (Zero123). false: the VAE keeps training on its reconstruction objective in the
     #: same steps (its own lr ``optim.vae_lr``); the diffusion loss never back-propagates into it.
     freeze_vae: bool = True
+    #: ``stage: vae`` only: train the decoder (and ``post_quant_conv``) and keep the encoder frozen, so that the
+    #: latent space, and every diffusion model trained on it, stays valid: a better decoder for an existing model.
+    vae_decoder_only: bool = False
     #: false (Zero123): the CLIP image encoder is frozen. true: it trains with the UNet at ``optim.lr`` -- for
     #: models trained from scratch, where no pretrained CLIP exists and a frozen random one gives random features.
     train_image_encoder: bool = False
@@ -199,6 +202,8 @@ class TrainConfig:
             raise Zero123Error("model.preset and explicit model.unet/vae/clip sizes are exclusive")
         if self.model.frozen_dtype not in ("auto", "fp32"):
             raise Zero123Error(f"model.frozen_dtype must be 'auto' or 'fp32', got {self.model.frozen_dtype!r}")
+        if self.model.vae_decoder_only and self.stage != "vae":
+            raise Zero123Error("model.vae_decoder_only only applies to stage: vae")
         if self.optim.lr <= 0 or self.optim.vae_lr <= 0:
             raise Zero123Error("optim.lr and optim.vae_lr must be > 0")
         if self.optim.warmup_steps < 0:

@@ -468,11 +468,15 @@ class Trainer:
             vae = build_vae(cfg.model, size_hint, cfg.seed)
             if cfg.model.gradient_checkpointing:
                 vae.enable_gradient_checkpointing()
+            if cfg.model.vae_decoder_only:  # the encoder (image -> latent) stays as it is
+                vae.encoder.requires_grad_(False)
+                if vae.quant_conv is not None:
+                    vae.quant_conv.requires_grad_(False)
             objective = VAEObjective(vae, cfg.objective.kl_weight)
             self.image_size = int(vae.config.sample_size)
             down = 2 ** (len(vae.config.block_out_channels) - 1)
             self.latent_shape = (vae.config.latent_channels, self.image_size // down, self.image_size // down)
-            groups = [{"params": [p for p in vae.parameters()], "lr": cfg.optim.vae_lr}]
+            groups = [{"params": [p for p in vae.parameters() if p.requires_grad], "lr": cfg.optim.vae_lr}]
             self.model = vae
         else:
             model = build_model(cfg.model, size_hint, cfg.seed, device=acc.device)
@@ -758,10 +762,12 @@ class Trainer:
             self.ema.copy_to(self.trainable)
         try:
             if self.is_vae_stage:
-                std = self.latent_std()
-                if not math.isfinite(std) or std <= 0:
-                    raise Zero123Error(f"the trained VAE's latents have std {std}: cannot set its scaling factor")
-                self.model.register_to_config(scaling_factor=1.0 / std)
+                if not self.config.model.vae_decoder_only:  # a frozen encoder keeps its latents and their scale
+                    std = self.latent_std()
+                    if not math.isfinite(std) or std <= 0:
+                        raise Zero123Error(f"the trained VAE's latents have std {std}: cannot set its scaling "
+                                           "factor")
+                    self.model.register_to_config(scaling_factor=1.0 / std)
                 return export_vae(self.model, folder)
             return export_model(self.model, folder)
         finally:
