@@ -284,6 +284,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps (loss curve: training steps)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--no-ema", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the training objective (inductor)")
     ap.add_argument("--no-single-baseline", action="store_true", help="skip the rank-0 1-GPU timing")
     ap.add_argument("--num-workers", type=int, default=4)
     ap.add_argument("--loss-curve", action="store_true", help="loss-curve mode")
@@ -311,8 +312,10 @@ def main() -> None:
         torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and immune to a busy CPU
     from accelerate import Accelerator
 
-    acc = Accelerator(mixed_precision=args.mixed_precision)
+    # --compile: the trainer's `compile: true` (accelerate's dynamo_backend); the warm-up steps absorb compilation
+    acc = Accelerator(mixed_precision=args.mixed_precision, dynamo_backend="inductor" if args.compile else "no")
     env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(acc.device),
+           "compile": bool(args.compile),
            "gpu": torch.cuda.get_device_name(acc.device) if acc.device.type == "cuda" else None,
            "num_processes": acc.num_processes}
     if args.loss_curve:

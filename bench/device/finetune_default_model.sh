@@ -22,6 +22,7 @@ INIT=${INIT:-src/zero123/assets/default_model}
 OBJECTS=${OBJECTS:-2000}
 BATCH=${BATCH:-512}
 BENCH=${BENCH:-0}          # 1: first time training steps of the small model at batch 128 and $BATCH
+                           # (BENCH_COMPILE=1: also at $BATCH with torch.compile; then EXTRA="compile=true")
 EVAL=${EVAL:-1}
 EXTRA=${EXTRA:-}
 ZERO123="python3 -m zero123.cli"
@@ -43,6 +44,10 @@ if [ "$BENCH" = 1 ]; then
     python3 bench/bench_train.py --models small --batch-size "$b" --steps 10 --warmup 3 --num-workers 2 \
       --no-single-baseline --out "$OUT/train_small_b$b.json" 2>&1 | grep -v Warning | tail -4
   done
+  if [ "${BENCH_COMPILE:-0}" = 1 ]; then  # the same step under torch.compile (config `compile: true`)
+    python3 bench/bench_train.py --models small --batch-size "$BATCH" --steps 10 --warmup 3 --num-workers 2 \
+      --no-single-baseline --compile --out "$OUT/train_small_b${BATCH}_compile.json" 2>&1 | grep -v Warning | tail -4
+  fi
   echo "bench done at ${SECONDS}s"
 fi
 count='import json,sys; m=json.load(open(sys.argv[1])); print(len(m["objects"]) + len(m.get("skipped", [])))'

@@ -158,6 +158,9 @@ class TrainConfig:
     max_minutes: float | None = None
     #: pass ``find_unused_parameters`` to DDP (only needed for partially used models).
     find_unused_parameters: bool = False
+    #: ``torch.compile`` the training objective (accelerate's ``dynamo_backend="inductor"``): fewer, fused kernels
+    #: for overhead-bound small models; compiling takes minutes on the first steps (much longer on a CPU).
+    compile: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

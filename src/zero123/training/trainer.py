@@ -404,6 +404,8 @@ def make_accelerator(config: TrainConfig):
                   kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)])
     if config.mixed_precision is not None:
         kwargs["mixed_precision"] = config.mixed_precision
+    if config.compile:
+        kwargs["dynamo_backend"] = "inductor"
     return Accelerator(**kwargs)
 
 
@@ -550,10 +552,10 @@ class Trainer:
 
         if self.accelerator.is_main_process:
             for i, m in enumerate(models):
-                sd = self.accelerator.unwrap_model(m).state_dict()
+                sd = self.accelerator.unwrap_model(m, keep_torch_compile=False).state_dict()
                 save_file({k: v.detach().contiguous() for k, v in sd.items()},
                           os.path.join(output_dir, MODEL_STATE_NAME.format(i)))
-        weights.clear()  # the weights are written above, without DDP's "module." prefixes
+        weights.clear()  # the weights are written above, without DDP's "module." / compile's "_orig_mod." prefixes
 
     def _load_models_hook(self, models, input_dir):
         from safetensors.torch import load_file
@@ -566,7 +568,7 @@ class Trainer:
                 raise Zero123Error(f"checkpoint {input_dir}: missing {MODEL_STATE_NAME.format(i)}")
             sd = load_file(path, device=str(self.accelerator.device))
             try:
-                self.accelerator.unwrap_model(m).load_state_dict(sd, strict=True)
+                self.accelerator.unwrap_model(m, keep_torch_compile=False).load_state_dict(sd, strict=True)
             except RuntimeError as exc:
                 raise Zero123Error(f"checkpoint {input_dir} does not match this model "
                                    f"({str(exc).splitlines()[0]})") from None
@@ -695,7 +697,7 @@ class Trainer:
         n = int(num_draws or cfg.val_draws)
         stream = DrawStream(len(dataset), dataset.seed)
         mine = list(range(acc.process_index, n, acc.num_processes))
-        module = acc.unwrap_model(self.objective)
+        module = acc.unwrap_model(self.objective, keep_torch_compile=False)  # eager: no recompile per batch size
         total = torch.zeros(2, device=acc.device, dtype=torch.float64)
         for i in range(0, len(mine), cfg.batch_size):
             chunk = mine[i:i + cfg.batch_size]
