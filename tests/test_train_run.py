@@ -147,6 +147,8 @@ def test_compile_option_runs_the_objective_compiled_with_eager_compatible_checkp
     from zero123.training.trainer import make_accelerator
 
     kw = dict(max_steps=4, checkpoint_every=2, optim={"warmup_steps": 0}, ema={"enabled": True, "decay": 0.9})
+    AcceleratorState._reset_state(True)  # the accelerate state is a process-wide singleton
+    GradientState._reset_state()
     assert make_accelerator(config_from_dict(_base(data_root, tmp_path / "x", compile=True, **kw))) \
         .state.dynamo_plugin.backend.value == "INDUCTOR"
     eager = _trainer(**_base(data_root, tmp_path / "eager", **kw)).train()
