@@ -247,11 +247,16 @@ def rgba_to_tensor(rgba: np.ndarray, size: Optional[int] = None, background=(1.0
     return img * 2 - 1
 
 
+def load_view_image(root: PathLike, object_id: str, index: int, size: Optional[int] = None,
+                    background=(1.0, 1.0, 1.0)) -> torch.Tensor:
+    """Image ``[3,S,S]`` in [-1,1] of one view, composited on ``background`` (``rgba_to_tensor``)."""
+    return rgba_to_tensor(read_view_rgba(root, object_id, index), size, background)
+
+
 def load_view(root: PathLike, object_id: str, index: int, size: Optional[int] = None,
               background=(1.0, 1.0, 1.0)) -> Tuple[torch.Tensor, torch.Tensor]:
     """(image ``[3,S,S]`` in [-1,1] composited on ``background``, 4x4 camera-to-world) of one view."""
-    return (rgba_to_tensor(read_view_rgba(root, object_id, index), size, background),
-            read_view_camera(root, object_id, index))
+    return load_view_image(root, object_id, index, size, background), read_view_camera(root, object_id, index)
 
 
 def check_dataset(root: PathLike, manifest: Optional[Manifest] = None,

@@ -163,13 +163,10 @@ def _mean_image(root, entries, size: int, max_views: int = MEAN_TRAIN_MAX_VIEWS,
         keep = np.sort(np.random.default_rng(seed).choice(len(views), size=max_views, replace=False))
         views = [views[i] for i in keep]
 
-    def load(view):
-        return layout.rgba_to_tensor(layout.read_view_rgba(root, *view), size).double()
-
     acc = None
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for img in pool.map(load, views, chunksize=64):
-            acc = img if acc is None else acc.add_(img)
+        for img in pool.map(lambda view: layout.load_view_image(root, *view, size), views, chunksize=64):
+            acc = img.double() if acc is None else acc.add_(img)
     return (acc / len(views)).float()
 
 
@@ -198,7 +195,7 @@ def evaluate(predict: Optional[Predictor], root, pairs: Sequence[EvalPair], imag
     def view(oid, v):
         key = (oid, v)
         if key not in cache:
-            cache[key] = layout.load_view(root, oid, v, size)[0]
+            cache[key] = layout.load_view_image(root, oid, v, size)
         return cache[key]
 
     constant: Dict[str, torch.Tensor] = {}

@@ -50,11 +50,6 @@ def load_view_rt(root, object_id: str, view: int) -> torch.Tensor:
     return torch.from_numpy(rt.astype(np.float32))
 
 
-def load_view_image(root, object_id: str, view: int, size: int) -> torch.Tensor:
-    """The view composited on white and resized to ``size`` (bicubic, antialiased): ``[3,size,size]`` in [-1,1]."""
-    return layout.rgba_to_tensor(np.array(layout.read_view_rgba(root, object_id, view)), size)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # draw numbers -> objects
 
@@ -181,7 +176,7 @@ class ViewPairDataset(torch.utils.data.Dataset):
         rt = self._rt_cache.get(key)
         if rt is None:  # 48 bytes each; np.load's header parsing costs more than the PNG decode at 128 px
             rt = self._rt_cache[key] = load_view_rt(self.root, obj.id, view)
-        return load_view_image(self.root, obj.id, view, self.image_size), rt.clone()
+        return layout.load_view_image(self.root, obj.id, view, self.image_size), rt.clone()
 
     def __getitem__(self, key):
         if isinstance(key, (tuple, list)):
