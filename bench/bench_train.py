@@ -88,6 +88,20 @@ def fixed_batch(trainer: Trainer, batch: int, seed: int) -> dict:
     return trainer._to_device(b)
 
 
+@torch.no_grad()
+def cached_latent_batch(trainer: Trainer, batch: dict) -> dict:
+    """``batch`` as a ``data.cache_latents`` run feeds it: no target images, the VAE posteriors given (what
+    ``LatentCache.lookup`` returns: the frozen VAE's dtype, computed as the live step does)."""
+    acc = trainer.accelerator
+    vae = acc.unwrap_model(trainer.objective).model.vae
+    with acc.autocast():
+        t = vae.encode(batch["target"].to(vae.dtype)).latent_dist
+        c = vae.encode(batch["cond"].to(vae.dtype)).latent_dist
+    out = {k: v for k, v in batch.items() if k != "target"}
+    out.update(target_mean=t.mean.to(vae.dtype), target_std=t.std.to(vae.dtype), cond_mean=c.mean.to(vae.dtype))
+    return out
+
+
 def timed_steps(trainer: Trainer, batch: dict, steps: int, warmup: int) -> list[float]:
     """Milliseconds per optimizer step (``gradient_accumulation_steps`` is 1 here)."""
     dev = trainer.accelerator.device
@@ -157,6 +171,13 @@ def bench_model(args, acc, name: str, batch: int, grad_ckpt: bool, data_root: st
         peaks = acc.gather(torch.tensor([torch.cuda.max_memory_allocated(dev) / 2**30], device=dev))
         row["peak_mem_gib_per_process"] = [round(x, 2) for x in peaks.tolist()]
     row["encoders_ms"] = encoder_ms(trainer, data, max(3, args.steps // 4))
+    if args.cache_latents:  # the same step with the frozen VAE's posteriors given (data.cache_latents)
+        cached = cached_latent_batch(trainer, data)
+        ctimes = timed_steps(trainer, cached, args.steps, args.warmup)
+        cmed = acc.gather(torch.tensor([statistics.median(ctimes)], device=dev)).max().item()
+        row["cached_step_ms"] = cmed
+        row["cached_samples_per_s"] = batch * acc.num_processes / (cmed / 1e3)
+        del cached
     if acc.num_processes > 1 and not args.no_single_baseline:
         # rank 0 alone, no DDP wrapper (no gradient all-reduce), the others wait: a 1-GPU step
         acc.wait_for_everyone()
@@ -210,7 +231,7 @@ def run_throughput(args, acc) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     head = ("model", "GPUs", "batch/GPU", "prec", "ckpt", "step ms", "samples/s", "1-GPU samples/s", "scaling",
-            "peak GiB", "encoders ms")
+            "peak GiB", "encoders ms", "cached-latents step ms", "cached samples/s")
     print(" | ".join(head))
     print(" | ".join("---" for _ in head))
     for r in rows:
@@ -223,7 +244,8 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['model']} | {r['num_processes']} | {r['batch_per_process']} | {r['mixed_precision']} | "
               f"{'on' if r['gradient_checkpointing'] else 'off'} | {r['step_ms']:.1f} | {r['samples_per_s']:.1f} | "
               f"{r.get('single_samples_per_s', float('nan')):.1f} | {'' if eff is None else f'{eff:.3f}'} | "
-              f"{peak:.1f} | {r['encoders_ms']:.1f}")
+              f"{peak:.1f} | {r['encoders_ms']:.1f} | {r.get('cached_step_ms', float('nan')):.1f} | "
+              f"{r.get('cached_samples_per_s', float('nan')):.1f}")
 
 
 def run_loss_curve(args, acc) -> dict:
@@ -285,6 +307,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--no-ema", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile the training objective (inductor)")
+    ap.add_argument("--cache-latents", action="store_true",
+                    help="also time the step on cached VAE posteriors (data.cache_latents), same run")
     ap.add_argument("--no-single-baseline", action="store_true", help="skip the rank-0 1-GPU timing")
     ap.add_argument("--num-workers", type=int, default=4)
     ap.add_argument("--loss-curve", action="store_true", help="loss-curve mode")

@@ -137,6 +137,42 @@ def test_vae_decoder_only_keeps_the_encoder_and_the_latent_scale(data_root, tmp_
         config_from_dict(_base(data_root, tmp_path / "c", model={"preset": "tiny", "vae_decoder_only": True}))
 
 
+def test_cache_latents_trains_exactly_as_the_live_vae_pass(data_root, tmp_path):
+    kw = dict(max_steps=3, batch_size=3, optim={"warmup_steps": 0, "lr": 1e-3}, ema={"enabled": True, "decay": 0.9})
+    live = _trainer(**_base(data_root, tmp_path / "live", **kw))
+    live.train()
+    cached = _trainer(**_base(data_root, tmp_path / "cached", **kw,
+                              data={"root": str(data_root), "num_workers": 0, "cache_latents": True}))
+    cached.train()
+    cache, ds = cached.latent_cache, cached.train_set
+    assert len(cache) == sum(o.num_views for o in ds.objects) == 6
+    assert "target" not in ds[(0, 0)] and "cond" in ds[(0, 0)]  # the loader reads only the input views
+    # each row is the frozen VAE's posterior of its view (an encode of that one view, independently)
+    vae = cached.model.vae
+    for i, v in [(0, 0), (1, 2), (0, 1)]:
+        dist = vae.encode(ds.load_view(i, v)[0][None]).latent_dist
+        mean, std = cache.lookup(torch.tensor([i]), torch.tensor([v]))
+        torch.testing.assert_close(mean, dist.mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(std, dist.std, rtol=1e-5, atol=1e-6)
+    # same losses step by step, same weights after the run
+    logs = [[json.loads(x)["loss"] for x in (tmp_path / d / "log.jsonl").read_text().splitlines()]
+            for d in ("live", "cached")]
+    assert len(logs[0]) == 3
+    assert logs[1] == pytest.approx(logs[0], rel=1e-5)
+    a = dict(live.model.unet.named_parameters())
+    b = dict(cached.model.unet.named_parameters())
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    assert not all(torch.equal(a[k], p) for k, p in build_model(cached.config.model).unet.named_parameters())
+    with pytest.raises(Zero123Error, match="view index"):
+        cache.lookup(torch.tensor([0]), torch.tensor([3]))
+    with pytest.raises(Zero123Error, match="cache_latents"):
+        config_from_dict(_base(data_root, tmp_path / "c", stage="vae",
+                               data={"root": str(data_root), "cache_latents": True}))
+    with pytest.raises(Zero123Error, match="cache_latents"):
+        config_from_dict(_base(data_root, tmp_path / "c", model={"preset": "tiny", "freeze_vae": False},
+                               data={"root": str(data_root), "cache_latents": True}))
+
+
 def test_compile_option_runs_the_objective_compiled_with_eager_compatible_checkpoints(data_root, tmp_path):
     """``compile: true`` asks accelerate for inductor; the run itself uses the ``aot_eager`` backend (the same
     dynamo capture and AOT-autograd backward, without minutes of C++ codegen on a CPU): same losses as eager,

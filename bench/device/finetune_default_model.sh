@@ -5,14 +5,19 @@
 # $OUT as bench/device/train_default_model.sh does; then the conditioning check and zero123 eval on the GPU.
 # Chained calls: unpack the returned model.tar parts OVER src/zero123/assets/default_model (keep its README.md)
 # so that the next call starts from them (the default INIT). Carrying a second 30 MB folder next to the bundled
-# one exceeds the device tool's 64 MiB working-tree limit. The sha256 of INIT's UNet is printed first: check it.
+# one exceeds the device tool's 64 MiB working-tree limit. A call on a still-warm machine can instead start from
+# the copy the previous call left in /tmp (INIT=/tmp/dm_chain). The sha256 of INIT's UNet is printed first.
 # The renders are kept in $WORK between calls (a warm machine keeps /tmp; rendering is deterministic, so reusing
 # them is the same as rendering again). The model is packed into $OUT as soon as it is converted, before the
 # (time-limited) GPU checks, so a call cut off by the device tool's limit still returns it.
-# Defaults: 2000 objects, batch 512 and the rest of configs/small_default.yaml (lr 3e-4, same_view_prob 0.2).
+# Defaults: 2000 objects, batch 512 and the rest of configs/small_default.yaml (lr 3e-4, same_view_prob 0.2),
+# the frozen VAE's latents cached (data.cache_latents; CACHE=0: encoded every step).
+# VAE_MINUTES>0 first continues INIT's VAE (configs/small_vae.yaml from model.vae_from=INIT/vae, batch VAE_BATCH)
+# and then trains the diffusion stage on the new VAE's latents (its scaling factor re-estimated).
 #   BENCH=1 MINUTES=4.5 bash bench/device/finetune_default_model.sh     # + the batch 128 vs 512 step benchmark
 #   EVAL=0 MINUTES=8.4 EXTRA="optim.warmup_steps=50 sample.every=0" bash bench/device/finetune_default_model.sh
 #                                                                       # each of the two calls that made v0.2
+#                                                                       # (then without the latent cache)
 set -uo pipefail
 # shellcheck source=bench/device/env.sh
 . bench/device/env.sh
@@ -25,6 +30,10 @@ BENCH=${BENCH:-0}          # 1: first time training steps of the small model at 
                            # (BENCH_COMPILE=1: also at $BATCH with torch.compile; then EXTRA="compile=true")
 EVAL=${EVAL:-1}
 EXTRA=${EXTRA:-}
+CACHE=${CACHE:-1}
+VAE_MINUTES=${VAE_MINUTES:-0}
+VAE_BATCH=${VAE_BATCH:-128}
+EXTRA_VAE=${EXTRA_VAE:-}
 ZERO123="python3 -m zero123.cli"
 pack() {
   (cd "$WORK" 2>/dev/null || exit
@@ -32,17 +41,17 @@ pack() {
      tar cf - default_model | split -b 15M - "$OUT/model.tar.part-"
    fi
    tar cf "$OUT/logs.tar" --exclude='checkpoints' diffusion/log.jsonl diffusion/config.yaml diffusion/samples \
-     2>/dev/null)
+     vae/log.jsonl vae/config.yaml vae/samples 2>/dev/null)
 }
 trap pack EXIT
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 sha256sum "$INIT"/unet/*.safetensors
 SECONDS=0
-mkdir -p "$WORK" && rm -rf "$WORK/diffusion" "$WORK/default_model"
+mkdir -p "$WORK" && rm -rf "$WORK/diffusion" "$WORK/default_model" "$WORK/vae"
 if [ "$BENCH" = 1 ]; then
-  for b in 128 "$BATCH"; do
+  for b in ${BENCH_BATCHES:-128 $BATCH}; do
     python3 bench/bench_train.py --models small --batch-size "$b" --steps 10 --warmup 3 --num-workers 2 \
-      --no-single-baseline --out "$OUT/train_small_b$b.json" 2>&1 | grep -v Warning | tail -4
+      --no-single-baseline --cache-latents --out "$OUT/train_small_b$b.json" 2>&1 | grep -v Warning | tail -4
   done
   if [ "${BENCH_COMPILE:-0}" = 1 ]; then  # the same step under torch.compile (config `compile: true`)
     python3 bench/bench_train.py --models small --batch-size "$BATCH" --steps 10 --warmup 3 --num-workers 2 \
@@ -57,13 +66,25 @@ if [ "$(python3 -c "$count" "$WORK/renders/manifest.json" 2>/dev/null)" != "$OBJ
     --val-fraction 0.05 --workers "$(nproc)" --quiet
 fi
 echo "renders ready at ${SECONDS}s"
+vae_from=null
+if [ "$VAE_MINUTES" != 0 ]; then
+  # shellcheck disable=SC2086
+  $ZERO123 train configs/small_vae.yaml data.root="$WORK/renders" data.num_workers=14 batch_size="$VAE_BATCH" \
+    model.vae_from="$INIT/vae" 'model.vae={}' optim.warmup_steps=50 --output-dir "$WORK/vae" \
+    --max-minutes "$VAE_MINUTES" $EXTRA_VAE 2>&1 | tee "$OUT/train_vae.log" | grep -v 'step/s\]\|s/step\]'
+  vae_from="$WORK/vae/final"
+  echo "vae trained at ${SECONDS}s"
+fi
 # shellcheck disable=SC2086
 $ZERO123 train configs/small_default.yaml data.root="$WORK/renders" data.num_workers=14 batch_size="$BATCH" \
-  model.init_from="$INIT" 'model.unet={}' 'model.vae={}' 'model.clip={}' \
-  model.vae_from=null --output-dir "$WORK/diffusion" --max-minutes "$MINUTES" $EXTRA 2>&1 \
-  | tee "$OUT/train.log" | grep -v 'step/s\]\|s/step\]'
+  model.init_from="$INIT" 'model.unet={}' 'model.vae={}' 'model.clip={}' data.cache_latents="$([ "$CACHE" = 1 ] \
+  && echo true || echo false)" model.vae_from="$vae_from" --output-dir "$WORK/diffusion" --max-minutes "$MINUTES" \
+  $EXTRA 2>&1 | tee "$OUT/train.log" | grep -v 'step/s\]\|s/step\]'
 $ZERO123 convert "$WORK/diffusion/final" "$WORK/default_model" --half
 pack
+# a warm machine keeps /tmp: the next call can start from here (INIT=$CHAIN_DIR) without carrying 30 MB
+CHAIN_DIR=${CHAIN_DIR:-/tmp/dm_chain}
+rm -rf "$CHAIN_DIR" && cp -r "$WORK/default_model" "$CHAIN_DIR"
 echo "trained at ${SECONDS}s"
 if [ "$EVAL" = 1 ]; then
   # quick checks on the GPU (the model card's figures are re-measured on a CPU before any weights are shipped):

@@ -45,6 +45,9 @@ class DataConfig:
     #: draws two distinct views (0, the default). A small share helps a model trained FROM SCRATCH discover its
     #: pixel-aligned input (the concat latent), which it otherwise learns to ignore; not used for validation.
     same_view_prob: float = 0.0
+    #: diffusion stage with a frozen VAE: encode every training view once at start-up and look the posteriors up
+    #: (``zero123.training.latent_cache``; same objective, no VAE pass per step; memory 2 x C h w per view).
+    cache_latents: bool = False
 
 
 @dataclass
@@ -205,6 +208,9 @@ class TrainConfig:
             raise Zero123Error("model.preset and explicit model.unet/vae/clip sizes are exclusive")
         if self.model.frozen_dtype not in ("auto", "fp32"):
             raise Zero123Error(f"model.frozen_dtype must be 'auto' or 'fp32', got {self.model.frozen_dtype!r}")
+        if self.data.cache_latents and (self.stage != "diffusion" or not self.model.freeze_vae):
+            raise Zero123Error("data.cache_latents needs stage: diffusion with model.freeze_vae: true (a VAE "
+                               "that learns changes its latents)")
         if self.model.vae_decoder_only and self.stage != "vae":
             raise Zero123Error("model.vae_decoder_only only applies to stage: vae")
         if self.optim.lr <= 0 or self.optim.vae_lr <= 0:

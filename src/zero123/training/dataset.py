@@ -123,7 +123,8 @@ class ViewPairDataset(torch.utils.data.Dataset):
     * ``camera``: float32 ``[4]``, ``embedding_from_rt(variant, target_rt, cond_rt)``;
     * ``draw``, ``object_index``, ``target_view``, ``cond_view``: int64 scalars.
 
-    ``with_cond=False`` (VAE training) leaves out ``cond`` and ``camera`` (only the target view is read).
+    ``with_cond=False`` (VAE training) leaves out ``cond`` and ``camera`` (only the target view is read);
+    ``with_target=False`` leaves out the ``target`` image (its latent comes from a ``LatentCache``).
 
     The two views are distinct (when the object has more than one), chosen by a generator seeded by
     ``(seed, draw)`` like ``random.sample(range(num_views), 2)`` in Zero123.
@@ -131,7 +132,7 @@ class ViewPairDataset(torch.utils.data.Dataset):
 
     def __init__(self, root, split: str = "train", image_size: int | None = None, variant: str = "zero123",
                  seed: int = 0, max_objects: int | None = None, check_files: bool = True, with_cond: bool = True,
-                 same_view_prob: float = 0.0):
+                 same_view_prob: float = 0.0, with_target: bool = True):
         self.root = Path(root)
         self.manifest = layout.read_manifest(self.root)
         self.split = split
@@ -142,6 +143,9 @@ class ViewPairDataset(torch.utils.data.Dataset):
         self.variant = ConditioningVariant.parse(variant)
         self.seed = int(seed)
         self.with_cond = bool(with_cond)
+        self.with_target = bool(with_target)
+        if not (self.with_cond or self.with_target):
+            raise Zero123Error("a view-pair dataset needs the target view, the input view, or both")
         if not 0.0 <= float(same_view_prob) <= 1.0:
             raise Zero123Error(f"same_view_prob must be in [0, 1], got {same_view_prob}")
         self.same_view_prob = float(same_view_prob)
@@ -167,8 +171,8 @@ class ViewPairDataset(torch.utils.data.Dataset):
             cond = target
         return int(target), int(cond)
 
-    def load_view(self, object_index: int, view: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(image [3,S,S] in [-1,1], RT [3,4])`` of one view."""
+    def load_rt(self, object_index: int, view: int) -> torch.Tensor:
+        """The stored 3x4 world-to-camera ``RT`` of one view (cached per worker)."""
         obj = self.objects[object_index]
         if not 0 <= view < obj.num_views:
             raise Zero123Error(f"object {obj.id!r} has {obj.num_views} views, asked for view {view}")
@@ -176,7 +180,13 @@ class ViewPairDataset(torch.utils.data.Dataset):
         rt = self._rt_cache.get(key)
         if rt is None:  # 48 bytes each; np.load's header parsing costs more than the PNG decode at 128 px
             rt = self._rt_cache[key] = load_view_rt(self.root, obj.id, view)
-        return layout.load_view_image(self.root, obj.id, view, self.image_size), rt.clone()
+        return rt.clone()
+
+    def load_view(self, object_index: int, view: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image [3,S,S] in [-1,1], RT [3,4])`` of one view."""
+        rt = self.load_rt(object_index, view)
+        obj = self.objects[object_index]
+        return layout.load_view_image(self.root, obj.id, view, self.image_size), rt
 
     def __getitem__(self, key):
         if isinstance(key, (tuple, list)):
@@ -186,11 +196,13 @@ class ViewPairDataset(torch.utils.data.Dataset):
         if not 0 <= index < len(self.objects):
             raise IndexError(index)
         tv, cv = self.view_pair(draw, index)
-        target, target_rt = self.load_view(index, tv)
-        item = {"target": target, "draw": torch.tensor(draw), "object_index": torch.tensor(index),
+        item = {"draw": torch.tensor(draw), "object_index": torch.tensor(index),
                 "target_view": torch.tensor(tv), "cond_view": torch.tensor(cv)}
+        if self.with_target:
+            item["target"], target_rt = self.load_view(index, tv)
+        else:
+            target_rt = self.load_rt(index, tv)
         if self.with_cond:
-            cond, cond_rt = self.load_view(index, cv)
-            item["cond"] = cond
+            item["cond"], cond_rt = self.load_view(index, cv)
             item["camera"] = embedding_from_rt(self.variant, target_rt, cond_rt).reshape(4)
         return item

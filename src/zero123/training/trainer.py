@@ -124,7 +124,8 @@ class DiffusionObjective(nn.Module):
 
     ``forward(target, cond, camera, noise, posterior_noise, timesteps, dropout_u)`` with images ``[B,3,H,W]`` in
     [-1,1], camera ``[B,4]``, noises ``[B,C,h,w]``, timesteps long ``[B]``, dropout_u ``[B]``; returns
-    ``{"loss", "diffusion_loss"[, "vae_loss"]}`` (scalars). With ``train_vae`` the VAE also learns its
+    ``{"loss", "diffusion_loss"[, "vae_loss"]}`` (scalars). With a frozen VAE the posteriors may be given instead
+    of encoded: ``target_mean``, ``target_std``, ``cond_mean`` ``[B,C,h,w]`` (then ``target`` may be None). With ``train_vae`` the VAE also learns its
     reconstruction objective on the target images (no diffusion gradient reaches it); with
     ``train_image_encoder`` the CLIP encoder gets the diffusion gradient.
     """
@@ -146,16 +147,19 @@ class DiffusionObjective(nn.Module):
             self.model.vae.eval()
         return self
 
-    def forward(self, target, cond, camera, noise, posterior_noise, timesteps, dropout_u):
+    def forward(self, target, cond, camera, noise, posterior_noise, timesteps, dropout_u, target_mean=None,
+                target_std=None, cond_mean=None):
         m = self.model
-        b = target.shape[0]
         out = {}
         with torch.no_grad():
-            # one VAE pass for both views: GroupNorm only, so batching changes nothing
-            dist = m.vae.encode(torch.cat([target, cond]).to(m.vae.dtype)).latent_dist
-            mean, std = dist.mean.float(), dist.std.float()
-            z0 = (mean[:b] + std[:b] * posterior_noise.float()) * m.scaling_factor  # encode_latents(sample=True)
-            concat = mean[b:]  # concat_latent: posterior mode, unscaled
+            if target_mean is None:
+                # one VAE pass for both views: GroupNorm only, so batching changes nothing
+                b = target.shape[0]
+                dist = m.vae.encode(torch.cat([target, cond]).to(m.vae.dtype)).latent_dist
+                target_mean, target_std, cond_mean = dist.mean[:b], dist.std[:b], dist.mean[b:]
+            # else: the posteriors of a frozen VAE, looked up in a LatentCache (``data.cache_latents``)
+            z0 = (target_mean.float() + target_std.float() * posterior_noise.float()) * m.scaling_factor
+            concat = cond_mean.float()  # concat_latent: posterior mode, unscaled
         with torch.set_grad_enabled(self.train_image_encoder and torch.is_grad_enabled()):
             clip = m.clip_embedding(cond).float()
         clip, concat = apply_cfg_dropout(clip, concat, dropout_u, self.cfg_dropout)
@@ -533,11 +537,23 @@ class Trainer:
 
         data_kw = dict(image_size=self.image_size, with_cond=not self.is_vae_stage,
                        variant="zero123" if self.is_vae_stage else self.model.variant.value)
+        cached = cfg.data.cache_latents and not self.is_vae_stage
         self.train_set = ViewPairDataset(cfg.data.root, cfg.data.split, seed=cfg.seed,
                                          max_objects=cfg.data.max_objects, same_view_prob=cfg.data.same_view_prob,
-                                         **data_kw)
+                                         with_target=not cached, **data_kw)
         if len(self.train_set) == 0:
             raise Zero123Error(f"dataset {cfg.data.root}: split {cfg.data.split!r} has no objects")
+        self.latent_cache = None
+        if cached:  # the frozen VAE's posteriors of every training view, encoded once (zero123.training.latent_cache)
+            from .latent_cache import LatentCache
+
+            t0 = time.perf_counter()
+            self.latent_cache = LatentCache.build(self.model.vae, self.train_set, acc.device,
+                                                  batch_size=max(cfg.batch_size, 64),
+                                                  num_workers=cfg.data.num_workers, autocast=acc.autocast,
+                                                  progress=acc.is_main_process)
+            self._print(f"latent cache: {len(self.latent_cache)} views encoded in "
+                        f"{time.perf_counter() - t0:.1f} s")
         self.val_set = ViewPairDataset(cfg.data.root, cfg.data.val_split, seed=cfg.seed + 1, **data_kw)
         if len(self.val_set) == 0:
             self.val_set = ViewPairDataset(cfg.data.root, cfg.data.split, seed=cfg.seed + 1,
@@ -640,14 +656,27 @@ class Trainer:
             tqdm.write(msg)
 
     def _to_device(self, batch: dict) -> dict:
+        """The batch on the training device; a batch without target images (the training loader's under
+        ``data.cache_latents``) gets the cached posteriors ``target_mean``, ``target_std``, ``cond_mean``."""
         dev = self.accelerator.device
-        return {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+        out = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+        if "target" not in batch and not self.is_vae_stage:
+            if self.latent_cache is None:
+                raise Zero123Error("a training batch without target images needs data.cache_latents")
+            out["target_mean"], out["target_std"] = self.latent_cache.lookup(batch["object_index"],
+                                                                             batch["target_view"])
+            out["cond_mean"], _ = self.latent_cache.lookup(batch["object_index"], batch["cond_view"])
+        return out
 
     def _inputs(self, batch: dict) -> dict:
         if self.is_vae_stage:
             return {"target": batch["target"], "posterior_noise": batch["posterior_noise"]}
-        return {k: batch[k] for k in ("target", "cond", "camera", "noise", "posterior_noise", "timesteps",
-                                      "dropout_u")}
+        inputs = {k: batch[k] for k in ("cond", "camera", "noise", "posterior_noise", "timesteps", "dropout_u")}
+        inputs["target"] = batch.get("target")
+        for k in ("target_mean", "target_std", "cond_mean"):
+            if k in batch:
+                inputs[k] = batch[k]
+        return inputs
 
     def _set_lr(self, step: int) -> float:
         f = warmup_factor(step, self.config.optim.warmup_steps, self.config.optim.warmup_start_factor)
