@@ -12,6 +12,9 @@
 # (time-limited) GPU checks, so a call cut off by the device tool's limit still returns it.
 # Defaults: 2000 objects, batch 512 and the rest of configs/small_default.yaml (lr 3e-4, same_view_prob 0.2),
 # the frozen VAE's latents cached (data.cache_latents; CACHE=0: encoded every step).
+# NPROC=N trains on N GPUs of the host with `accelerate launch --multi_gpu` (BATCH is per GPU: global batch N x BATCH).
+# DEADLINE=S (seconds since this script started): the diffusion stage gets the minutes left before S, less a margin
+# for its set-up, conversion and packing (instead of MINUTES), so that a call shares its time with other work.
 # VAE_MINUTES>0 first continues INIT's VAE (configs/small_vae.yaml from model.vae_from=INIT/vae, batch VAE_BATCH)
 # and then trains the diffusion stage on the new VAE's latents (its scaling factor re-estimated).
 #   BENCH=1 MINUTES=4.5 bash bench/device/finetune_default_model.sh     # + the batch 128 vs 512 step benchmark
@@ -33,6 +36,8 @@ EXTRA=${EXTRA:-}
 CACHE=${CACHE:-1}
 VAE_MINUTES=${VAE_MINUTES:-0}
 VAE_BATCH=${VAE_BATCH:-128}
+NPROC=${NPROC:-1}
+DEADLINE=${DEADLINE:-}
 EXTRA_VAE=${EXTRA_VAE:-}
 ZERO123="python3 -m zero123.cli"
 pack() {
@@ -75,8 +80,17 @@ if [ "$VAE_MINUTES" != 0 ]; then
   vae_from="$WORK/vae/final"
   echo "vae trained at ${SECONDS}s"
 fi
+TRAIN=$ZERO123
+if [ "$NPROC" -gt 1 ]; then  # NVLink multicast stays off (device README)
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+  TRAIN="python3 -m accelerate.commands.launch --multi_gpu --num_processes $NPROC --num_machines 1 -m zero123.cli"
+fi
+if [ -n "$DEADLINE" ]; then
+  MINUTES=$(python3 -c "print(round(max(0.5, ($DEADLINE - $SECONDS - ${MARGIN:-80}) / 60), 2))")
+fi
+echo "diffusion stage: $MINUTES min on $NPROC GPU(s), batch $BATCH per GPU"
 # shellcheck disable=SC2086
-$ZERO123 train configs/small_default.yaml data.root="$WORK/renders" data.num_workers=14 batch_size="$BATCH" \
+$TRAIN train configs/small_default.yaml data.root="$WORK/renders" data.num_workers=14 batch_size="$BATCH" \
   model.init_from="$INIT" 'model.unet={}' 'model.vae={}' 'model.clip={}' data.cache_latents="$([ "$CACHE" = 1 ] \
   && echo true || echo false)" model.vae_from="$vae_from" --output-dir "$WORK/diffusion" --max-minutes "$MINUTES" \
   $EXTRA 2>&1 | tee "$OUT/train.log" | grep -v 'step/s\]\|s/step\]'
