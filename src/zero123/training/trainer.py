@@ -125,9 +125,9 @@ class DiffusionObjective(nn.Module):
     ``forward(target, cond, camera, noise, posterior_noise, timesteps, dropout_u)`` with images ``[B,3,H,W]`` in
     [-1,1], camera ``[B,4]``, noises ``[B,C,h,w]``, timesteps long ``[B]``, dropout_u ``[B]``; returns
     ``{"loss", "diffusion_loss"[, "vae_loss"]}`` (scalars). With a frozen VAE the posteriors may be given instead
-    of encoded: ``target_mean``, ``target_std``, ``cond_mean`` ``[B,C,h,w]`` (then ``target`` may be None). With ``train_vae`` the VAE also learns its
-    reconstruction objective on the target images (no diffusion gradient reaches it); with
-    ``train_image_encoder`` the CLIP encoder gets the diffusion gradient.
+    of encoded: ``target_mean``, ``target_std``, ``cond_mean`` ``[B,C,h,w]`` (then ``target`` may be None). With
+    ``train_vae`` the VAE also learns its reconstruction objective on the target images (no diffusion gradient
+    reaches it); with ``train_image_encoder`` the CLIP encoder gets the diffusion gradient.
     """
 
     def __init__(self, model, cfg_dropout: float = 0.05, train_vae: bool = False, kl_weight: float = 1e-6,
