@@ -81,8 +81,7 @@ if [ "$VAE_MINUTES" != 0 ]; then
   echo "vae trained at ${SECONDS}s"
 fi
 TRAIN=$ZERO123
-if [ "$NPROC" -gt 1 ]; then  # NVLink multicast stays off (device README)
-  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+if [ "$NPROC" -gt 1 ]; then  # env.sh keeps NVLink multicast off
   TRAIN="python3 -m accelerate.commands.launch --multi_gpu --num_processes $NPROC --num_machines 1 -m zero123.cli"
 fi
 if [ -n "$DEADLINE" ]; then

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The device-tool call behind bench/RESULTS.md's multi-GPU training table (issue 5), on a kind with N >= 2 GPUs:
+# The device-tool call behind bench/RESULTS.md's multi-GPU training table (issue 5), on a kind with N >= 2 GPUs
+# (NVLink multicast off: env.sh):
 #   bash bench/device/multi_gpu.sh           (needs $OUT; wheels for packages missing there under .whl/)
 # 1. throughput: `accelerate launch --multi_gpu` of bench/bench_train.py on all N GPUs, which times the N-process
 #    DDP step and, in the same run, rank 0 alone without DDP (the 1-GPU baseline, same per-GPU batch): small model
@@ -12,7 +13,6 @@
 set -uo pipefail
 # shellcheck source=bench/device/env.sh
 . bench/device/env.sh
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast off
 SECONDS=0
 N=$(nvidia-smi -L | wc -l)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
