@@ -250,3 +250,31 @@ def test_cli_eval_baselines_and_checkpoint(dataset, tmp_path, capsys, fixtures_d
     assert data["settings"]["image_size"] == 32 and data["settings"]["steps"] == 2
     rc = main(["eval", "--data", str(tmp_path / "missing"), "--baselines-only"])
     assert rc == 2 and "not a rendered dataset" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------- breakdown
+def test_breakdown_by_azimuth_and_wins_match_hand_computed_values(tmp_path, capsys):
+    from zero123.evaluation.breakdown import by_azimuth, main as breakdown_main, wins
+
+    def pair(daz, model, inp):
+        return {"delta_azimuth": daz, "m": {"psnr": model[0], "ssim": model[1]},
+                "input": {"psnr": inp[0], "ssim": inp[1]}}
+
+    result = {"methods": {"m": {}, "input": {}},
+              "pairs": [pair(10.0, (12, 0.5), (10, 0.6)), pair(-25.0, (14, 0.7), (16, 0.8)),  # bin 0-30
+                        pair(30.0, (20, 0.9), (11, 0.1)),                                      # bin 30-60 (edge)
+                        pair(-180.0, (8, 0.2), (9, 0.3))]}                                     # last bin, edge
+    rows = by_azimuth(result)
+    assert [(r["lo"], r["hi"], r["n"]) for r in rows] == [(0, 30, 2), (30, 60, 1), (135, 180, 1)]
+    assert rows[0]["m"]["psnr"] == pytest.approx(13.0) and rows[0]["m"]["ssim"] == pytest.approx(0.6)
+    assert rows[0]["input"]["psnr"] == pytest.approx(13.0) and rows[0]["input"]["ssim"] == pytest.approx(0.7)
+    assert rows[2]["m"]["psnr"] == pytest.approx(8.0)
+    assert wins(result, "m", "input") == 2 and wins(result, "m", "input", "ssim") == 1
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(result))
+    assert breakdown_main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 0-30 | 2 | 13.00 / 0.600 | 13.00 / 0.700 |" in out
+    assert "m beats input on PSNR in 2 of 4 pairs, on SSIM in 1" in out
+    assert breakdown_main([str(tmp_path / "missing.json")]) == 2
+    assert "eval result not found" in capsys.readouterr().out
