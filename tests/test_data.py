@@ -313,3 +313,38 @@ def test_pybullet_missing_gives_clear_error(monkeypatch):
         pybullet_sources()
     with pytest.raises(Zero123Error, match="pybullet is not installed"):
         ObjectSource("pybullet_duck", "pybullet", "duck.obj").load()
+
+
+# ------------------------------------------------------------------------------------------------- merging
+def test_merge_datasets_keeps_splits_and_reads_like_the_sources(tmp_path, capsys):
+    from zero123.training.dataset import ViewPairDataset
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    ma = render_dataset(procedural_sources(3, seed=0), a, RenderSettings(**SMALL, seed=0, test_fraction=0.34),
+                        workers=1, progress=False)
+    mb = render_dataset(procedural_sources(2, seed=1), b, RenderSettings(**SMALL, seed=1, test_fraction=0.0),
+                        workers=1, progress=False)
+    assert main(["merge-datasets", "--out", str(tmp_path / "m"), str(a), str(b)]) == 0
+    assert "5 objects (4 train, 0 val, 1 test)" in capsys.readouterr().out
+    m = layout.read_manifest(tmp_path / "m")
+    assert [(o.id, o.split) for o in m.objects] == [(o.id, o.split) for o in ma.objects + mb.objects]
+    assert (m.image_size, m.fov_deg) == (ma.image_size, ma.fov_deg)
+    # the merged training split reads exactly the sources' files (images and camera matrices)
+    merged = ViewPairDataset(tmp_path / "m", "train", seed=0)
+    for i, o in enumerate(merged.objects):
+        src = a if o.id.startswith("proc_0_") else b
+        single = ViewPairDataset(src, "train", seed=0)
+        j = [x.id for x in single.objects].index(o.id)
+        x, y = merged[(7, i)], single[(7, j)]
+        assert all(torch.equal(x[k], y[k]) for k in ("target", "cond", "camera"))
+    # bad input: an existing output, a repeated object id, a different image size -> one line, nothing written
+    c = tmp_path / "c"
+    render_dataset(procedural_sources(1, seed=2), c, RenderSettings(image_size=16, views_per_object=2, samples=1),
+                   workers=1, progress=False)
+    for roots, out, msg in [((a,), "m", "already exists"), ((a, a), "m2", "'proc_0_00000' is in both"),
+                            ((a, c), "m3", "image size 16 px")]:
+        assert main(["merge-datasets", "--out", str(tmp_path / out)] + [str(r) for r in roots]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("zero123: error:") and msg in err and err.count("\n") == 1
+    assert not (tmp_path / "m2").exists() and not (tmp_path / "m3").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

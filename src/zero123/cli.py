@@ -20,6 +20,7 @@ COMMANDS = [
     ("convert", "convert an LDM checkpoint (.ckpt/.safetensors) to a diffusers-format folder"),
     ("info", "describe a checkpoint: variant, sizes, EMA, keys"),
     ("render_dataset", "render a multi-view training dataset from meshes"),
+    ("merge_datasets", "combine rendered datasets into one (links to their objects, splits kept)"),
     ("train", "train or fine-tune a view-conditioned model (runs under accelerate launch)"),
     ("eval", "novel-view metrics (PSNR/SSIM/LPIPS) against held-out renders, with baselines"),
 ]
