@@ -47,6 +47,8 @@ def test_config_files_overrides_and_errors(tmp_path):
            ({"data": {"root": "r"}, "model": {"init_from": "x.ckpt", "preset": "tiny"}}, "exclusive"),
            ({"data": {"root": "r"}, "objective": {"cfg_dropout": 0.5}}, "cfg_dropout"),
            ({"data": {"root": "r"}, "model": {"variant": "zero124"}}, "variant"),
+           ({"data": {"root": "r"}, "optim": {"decay": "step"}}, "optim.decay must be one of constant"),
+           ({"data": {"root": "r"}, "optim": {"final_lr_factor": 1.5}}, "final_lr_factor"),
            ({"data": "r"}, "data must be a mapping")]
     for d, msg in bad:
         with pytest.raises(Zero123Error, match=msg):
@@ -136,6 +138,20 @@ def test_train_runs_under_accelerate_launch_with_two_cpu_processes(tmp_path):
                  "batch_size=4", *common]) == 0
     assert (tmp_path / "one" / "final" / "model_index.json").is_file()
     assert len(_log(tmp_path / "one")) == 2
+    # a 2-process run resumes from its checkpoint in 2 processes (each loads its weights onto its own device) and
+    # continues as the 1-process run does
+    proc = subprocess.run(cmd[:cmd.index("--main_process_port") + 1] + [str(_free_port())]
+                          + cmd[cmd.index("--main_process_port") + 2:] + ["--resume", "latest", "max_steps=3"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    assert main(["train", str(config), "--output-dir", str(tmp_path / "one"), "--resume", "latest",
+                 "batch_size=4", "export=false", *common, "max_steps=3"]) == 0
+    two, one = _log(tmp_path / "two"), _log(tmp_path / "one")
+    assert [r["step"] for r in two] == [1, 2, 3] and [r["step"] for r in one] == [1, 2, 3]
+    assert two[2]["loss"] == pytest.approx(one[2]["loss"], rel=1e-5, abs=1e-6)
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):

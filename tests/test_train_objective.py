@@ -1,13 +1,16 @@
 """The Zero123 training objective: CFG dropout, the loss against an independent computation, per-draw noise,
 warm-up, which parameters learn."""
 
+import math
+
 import pytest
 import torch
 
+from zero123.errors import Zero123Error
 from zero123.models.configs import tiny_config
 from zero123.schedulers import make_ddpm_scheduler
-from zero123.training.trainer import (DiffusionObjective, apply_cfg_dropout, cfg_dropout_masks, draw_noise,
-                                      vae_reconstruction_loss, warmup_factor)
+from zero123.training.trainer import (DiffusionObjective, apply_cfg_dropout, cfg_dropout_masks, decay_factor,
+                                      draw_noise, vae_reconstruction_loss, warmup_factor)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -153,3 +156,16 @@ def test_warmup_factor_is_ldm_lambda_linear():
     assert warmup_factor(99, 100) < 1.0
     assert warmup_factor(100, 100) == 1.0 and warmup_factor(10_000, 100) == 1.0
     assert warmup_factor(0, 0) == 1.0
+
+
+def test_decay_factor_cosine_and_linear_after_the_warmup():
+    assert decay_factor(50, 100, 1100, "constant") == 1.0
+    for kind in ("cosine", "linear"):
+        assert decay_factor(0, 100, 1100, kind) == 1.0 and decay_factor(100, 100, 1100, kind) == 1.0
+        assert decay_factor(1100, 100, 1100, kind, 0.1) == pytest.approx(0.1)
+        assert decay_factor(5000, 100, 1100, kind, 0.1) == pytest.approx(0.1)  # past max_steps: stays there
+        assert decay_factor(600, 100, 1100, kind, 0.0) == pytest.approx(0.5)  # halfway, both kinds
+    assert decay_factor(350, 100, 1100, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert decay_factor(350, 100, 1100, "linear") == pytest.approx(0.75)
+    with pytest.raises(Zero123Error, match="optim.decay"):
+        decay_factor(1, 0, 10, "step")

@@ -61,9 +61,10 @@ def test_a_few_steps_fit_a_handful_of_pairs(data_root, tmp_path):
 
 
 def test_resume_continues_exactly(data_root, tmp_path):
-    # gradient accumulation, warm-up and EMA all cross the resume point
-    kw = dict(max_steps=4, batch_size=2, gradient_accumulation_steps=2, checkpoint_every=2,
-              optim={"warmup_steps": 3}, ema={"enabled": True, "decay": 0.9})
+    # gradient accumulation, warm-up, the cosine lr decay and EMA all cross the resume point
+    kw = dict(max_steps=5, batch_size=2, gradient_accumulation_steps=2, checkpoint_every=2,
+              optim={"warmup_steps": 3, "decay": "cosine", "final_lr_factor": 0.1},
+              ema={"enabled": True, "decay": 0.9})
     straight, split = tmp_path / "straight", tmp_path / "split"
     _trainer(**_base(data_root, straight, **kw)).train()
     first = _trainer(**_base(data_root, split, **kw)).train(max_steps=2)
@@ -71,21 +72,25 @@ def test_resume_continues_exactly(data_root, tmp_path):
     with pytest.raises(Zero123Error, match="--resume latest"):
         _trainer(**_base(data_root, split, **kw)).train()  # a fresh run must not overwrite a run
     resumed = _trainer(**_base(data_root, split, **kw)).train(resume="latest")
-    assert resumed.step == 4
+    assert resumed.step == 5
     for name in ("model_0.safetensors", "ema.safetensors"):
-        a = load_file(str(straight / "checkpoints" / "step_00000004" / name))
-        b = load_file(str(split / "checkpoints" / "step_00000004" / name))
+        a = load_file(str(straight / "checkpoints" / "step_00000005" / name))
+        b = load_file(str(split / "checkpoints" / "step_00000005" / name))
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    ema = load_file(str(straight / "checkpoints" / "step_00000004" / "ema.safetensors"))
-    weights = load_file(str(straight / "checkpoints" / "step_00000004" / "model_0.safetensors"))
+    ema = load_file(str(straight / "checkpoints" / "step_00000005" / "ema.safetensors"))
+    weights = load_file(str(straight / "checkpoints" / "step_00000005" / "model_0.safetensors"))
     k = "model.unet.conv_in.weight"
     assert not torch.equal(ema[k], weights[k])  # the EMA is a different average, and it was restored exactly
     logs = [[json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()] for d in (straight, split)]
     assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
     assert [r["lr"] for r in logs[0]] == [r["lr"] for r in logs[1]]
-    state = json.loads((split / "checkpoints" / "step_00000004" / "trainer_state.json").read_text())
-    assert state["step"] == 4 and state["draws"] == 16
+    # the lr of logged step s is set at optimizer step s - 1: warm-up, then the cosine halfway to 0.1 x lr
+    lr = 1e-4
+    expected = [lr * 1e-6, lr * (1e-6 + (1 - 1e-6) / 3), lr * (1e-6 + (1 - 1e-6) * 2 / 3), lr, lr * 0.55]
+    assert [r["lr"] for r in logs[0]] == pytest.approx(expected, rel=1e-6)
+    state = json.loads((split / "checkpoints" / "step_00000005" / "trainer_state.json").read_text())
+    assert state["step"] == 5 and state["draws"] == 20
     with pytest.raises(Zero123Error, match="not a training checkpoint"):
         find_checkpoint(split, str(tmp_path))
 

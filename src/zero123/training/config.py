@@ -88,9 +88,14 @@ class ModelConfig:
     frozen_dtype: str = "auto"
 
 
+#: lr schedules after the warm-up (``OptimConfig.decay``; ``zero123.training.trainer.decay_factor``)
+LR_DECAYS = ("constant", "cosine", "linear")
+
+
 @dataclass
 class OptimConfig:
-    """AdamW with a linear warm-up then constant lr (LDM's ``LambdaLinearScheduler`` as Zero123 configures it)."""
+    """AdamW with a linear warm-up then constant lr (LDM's ``LambdaLinearScheduler`` as Zero123 configures it), or
+    after the warm-up a decay to ``lr x final_lr_factor`` at ``max_steps`` (``decay``: cosine or linear)."""
 
     lr: float = 1e-4
     #: ``cc_projection`` learns at ``lr x projection_lr_scale`` (10 in Zero123).
@@ -103,6 +108,10 @@ class OptimConfig:
     warmup_steps: int = 100
     #: the lr factor at step 0 (LDM's ``f_start``); rises linearly to 1 at ``warmup_steps``.
     warmup_start_factor: float = 1e-6
+    #: after the warm-up: ``constant`` (Zero123), or ``cosine`` / ``linear`` decay reaching ``final_lr_factor`` at the
+    #: run's ``max_steps`` (keep ``max_steps`` the same when resuming: the schedule is a function of the step).
+    decay: str = "constant"
+    final_lr_factor: float = 0.0
     #: clip the global gradient norm (null: no clipping, as Zero123).
     max_grad_norm: float | None = None
 
@@ -217,6 +226,10 @@ class TrainConfig:
             raise Zero123Error("optim.lr and optim.vae_lr must be > 0")
         if self.optim.warmup_steps < 0:
             raise Zero123Error("optim.warmup_steps must be >= 0")
+        if self.optim.decay not in LR_DECAYS:
+            raise Zero123Error(f"optim.decay must be one of {', '.join(LR_DECAYS)}, got {self.optim.decay!r}")
+        if not 0.0 <= self.optim.final_lr_factor <= 1.0:
+            raise Zero123Error(f"optim.final_lr_factor must be in [0, 1], got {self.optim.final_lr_factor}")
         if len(tuple(self.optim.betas)) != 2:
             raise Zero123Error(f"optim.betas must be two numbers, got {self.optim.betas!r}")
         if not 0.0 <= self.objective.cfg_dropout <= 1.0 / 3.0:

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..errors import Zero123Error
 from ..schedulers import NUM_TRAIN_TIMESTEPS
-from .config import ModelConfig, TrainConfig, save_config
+from .config import LR_DECAYS, ModelConfig, TrainConfig, save_config
 from .dataset import DrawSampler, DrawStream, ViewPairDataset
 
 LOG_NAME = "log.jsonl"
@@ -75,6 +75,20 @@ def warmup_factor(step: int, warmup_steps: int, start_factor: float = 1e-6) -> f
     if warmup_steps <= 0 or step >= warmup_steps:
         return 1.0
     return start_factor + (1.0 - start_factor) * step / warmup_steps
+
+
+def decay_factor(step: int, warmup_steps: int, max_steps: int, decay: str = "constant",
+                 final_factor: float = 0.0) -> float:
+    """lr multiplier after the warm-up at optimizer step ``step`` (0-based): 1 until ``warmup_steps``, then
+    ``constant`` 1, or a ``cosine`` / ``linear`` decay from 1 to ``final_factor`` reached at ``max_steps``."""
+    if decay not in LR_DECAYS:
+        raise Zero123Error(f"optim.decay must be one of {', '.join(LR_DECAYS)}, got {decay!r}")
+    if decay == "constant" or step <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    if decay == "cosine":
+        return final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - (1.0 - final_factor) * progress
 
 
 def _draw_seed(seed: int, draw: int) -> int:
@@ -573,6 +587,12 @@ class Trainer:
                           os.path.join(output_dir, MODEL_STATE_NAME.format(i)))
         weights.clear()  # the weights are written above, without DDP's "module." / compile's "_orig_mod." prefixes
 
+    def _load_device(self) -> str:
+        """This process's device as safetensors names it: "cuda:1", but "cpu" (a multi-process CPU run's
+        accelerator device is "cpu:0", which safetensors rejects)."""
+        d = self.accelerator.device
+        return "cpu" if d.type == "cpu" else str(d)
+
     def _load_models_hook(self, models, input_dir):
         from safetensors.torch import load_file
 
@@ -582,7 +602,7 @@ class Trainer:
             path = os.path.join(input_dir, MODEL_STATE_NAME.format(i))
             if not os.path.isfile(path):
                 raise Zero123Error(f"checkpoint {input_dir}: missing {MODEL_STATE_NAME.format(i)}")
-            sd = load_file(path, device=str(self.accelerator.device))
+            sd = load_file(path, device=self._load_device())
             try:
                 self.accelerator.unwrap_model(m, keep_torch_compile=False).load_state_dict(sd, strict=True)
             except RuntimeError as exc:
@@ -635,7 +655,7 @@ class Trainer:
         if self.ema is not None:
             ema_path = path / EMA_NAME
             if ema_path.is_file():
-                shadow = load_file(str(ema_path), device=str(self.accelerator.device))
+                shadow = load_file(str(ema_path), device=self._load_device())
                 with torch.no_grad():
                     for (n, _), s in zip(self.named_trainable, self.ema.shadow_params):
                         s.copy_(shadow[n])
@@ -679,7 +699,9 @@ class Trainer:
         return inputs
 
     def _set_lr(self, step: int) -> float:
-        f = warmup_factor(step, self.config.optim.warmup_steps, self.config.optim.warmup_start_factor)
+        o = self.config.optim
+        f = warmup_factor(step, o.warmup_steps, o.warmup_start_factor) * decay_factor(
+            step, o.warmup_steps, self.config.max_steps, o.decay, o.final_lr_factor)
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * f
         return self.optimizer.param_groups[0]["lr"]
@@ -835,7 +857,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg, acc = self.config, self.accelerator
-        max_steps = int(max_steps or cfg.max_steps)
+        max_steps = int(max_steps or cfg.max_steps)  # where to stop; an lr decay still ends at cfg.max_steps
         ckpt = find_checkpoint(self.out, resume) if resume else None
         if ckpt is None and find_checkpoint(self.out, "latest") is not None:
             raise Zero123Error(f"{self.out} already holds checkpoints of a run: pass --resume latest to continue "
