@@ -17,6 +17,13 @@
 # for its set-up, conversion and packing (instead of MINUTES), so that a call shares its time with other work.
 # VAE_MINUTES>0 first continues INIT's VAE (configs/small_vae.yaml from model.vae_from=INIT/vae, batch VAE_BATCH)
 # and then trains the diffusion stage on the new VAE's latents (its scaling factor re-estimated).
+# EXTRA_OBJECTS=N adds N more procedural objects as training data: rendered with --seed $EXTRA_SEED (default 1:
+# other objects than seed 0's) --test-fraction 0 (all train) and merged with the seed-0 render
+# (`zero123 merge-datasets`), so the seed-0 render's val/test objects stay held out and the evaluation unchanged.
+# RESUME=1 continues the training run the previous call left in $WORK/diffusion on a warm machine (--resume latest:
+# weights, optimizer, EMA, step and lr schedule), e.g. one cosine decay over several calls:
+#   NPROC=2 EXTRA_OBJECTS=6000 DEADLINE=560 EXTRA="max_steps=7000 optim.decay=cosine ..." bash ...   # call 1
+#   RESUME=1 INIT=/tmp/dm_chain NPROC=2 EXTRA_OBJECTS=6000 DEADLINE=560 EXTRA="(the same)" bash ...    # calls 2, 3
 #   BENCH=1 MINUTES=4.5 bash bench/device/finetune_default_model.sh     # + the batch 128 vs 512 step benchmark
 #   EVAL=0 MINUTES=8.4 EXTRA="optim.warmup_steps=50 sample.every=0" bash bench/device/finetune_default_model.sh
 #                                                                       # each of the two calls that made v0.2
@@ -38,6 +45,9 @@ VAE_MINUTES=${VAE_MINUTES:-0}
 VAE_BATCH=${VAE_BATCH:-128}
 NPROC=${NPROC:-1}
 DEADLINE=${DEADLINE:-}
+EXTRA_OBJECTS=${EXTRA_OBJECTS:-0}
+EXTRA_SEED=${EXTRA_SEED:-1}
+RESUME=${RESUME:-0}
 EXTRA_VAE=${EXTRA_VAE:-}
 ZERO123="python3 -m zero123.cli"
 pack() {
@@ -52,7 +62,14 @@ trap pack EXIT
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 sha256sum "$INIT"/unet/*.safetensors
 SECONDS=0
-mkdir -p "$WORK" && rm -rf "$WORK/diffusion" "$WORK/default_model" "$WORK/vae"
+mkdir -p "$WORK" && rm -rf "$WORK/default_model" "$WORK/vae"
+RESUME_ARG=""
+if [ "$RESUME" = 1 ] && [ -d "$WORK/diffusion/checkpoints" ]; then
+  RESUME_ARG="--resume latest"
+else
+  [ "$RESUME" = 1 ] && echo "RESUME=1 but no run in $WORK/diffusion (a fresh machine?): starting a new run from $INIT"
+  rm -rf "$WORK/diffusion"
+fi
 if [ "$BENCH" = 1 ]; then
   for b in ${BENCH_BATCHES:-128 $BATCH}; do
     python3 bench/bench_train.py --models small --batch-size "$b" --steps 10 --warmup 3 --num-workers 2 \
@@ -69,6 +86,16 @@ if [ "$(python3 -c "$count" "$WORK/renders/manifest.json" 2>/dev/null)" != "$OBJ
   rm -rf "$WORK/renders"
   $ZERO123 render-dataset --out "$WORK/renders" --procedural "$OBJECTS" --views 12 --size 128 --test-fraction 0.1 \
     --val-fraction 0.05 --workers "$(nproc)" --quiet
+fi
+DATA="$WORK/renders"
+if [ "$EXTRA_OBJECTS" != 0 ]; then
+  if [ "$(python3 -c "$count" "$WORK/extra/manifest.json" 2>/dev/null)" != "$EXTRA_OBJECTS" ]; then
+    rm -rf "$WORK/extra"
+    $ZERO123 render-dataset --out "$WORK/extra" --procedural "$EXTRA_OBJECTS" --seed "$EXTRA_SEED" --views 12 \
+      --size 128 --test-fraction 0 --val-fraction 0 --workers "$(nproc)" --quiet
+  fi
+  rm -rf "$WORK/merged" && $ZERO123 merge-datasets --out "$WORK/merged" "$WORK/renders" "$WORK/extra" || exit 1
+  DATA="$WORK/merged"
 fi
 echo "renders ready at ${SECONDS}s"
 vae_from=null
@@ -89,10 +116,10 @@ if [ -n "$DEADLINE" ]; then
 fi
 echo "diffusion stage: $MINUTES min on $NPROC GPU(s), batch $BATCH per GPU"
 # shellcheck disable=SC2086
-$TRAIN train configs/small_default.yaml data.root="$WORK/renders" data.num_workers=14 batch_size="$BATCH" \
+$TRAIN train configs/small_default.yaml data.root="$DATA" data.num_workers=14 batch_size="$BATCH" \
   model.init_from="$INIT" 'model.unet={}' 'model.vae={}' 'model.clip={}' data.cache_latents="$([ "$CACHE" = 1 ] \
   && echo true || echo false)" model.vae_from="$vae_from" --output-dir "$WORK/diffusion" --max-minutes "$MINUTES" \
-  $EXTRA 2>&1 | tee "$OUT/train.log" | grep -v 'step/s\]\|s/step\]'
+  $RESUME_ARG $EXTRA 2>&1 | tee "$OUT/train.log" | grep -v 'step/s\]\|s/step\]'
 $ZERO123 convert "$WORK/diffusion/final" "$WORK/default_model" --half
 pack
 # a warm machine keeps /tmp: the next call can start from here (INIT=$CHAIN_DIR) without carrying 30 MB
