@@ -254,7 +254,7 @@ def test_cli_eval_baselines_and_checkpoint(dataset, tmp_path, capsys, fixtures_d
 
 # ------------------------------------------------------------------------------------------------- breakdown
 def test_breakdown_by_azimuth_and_wins_match_hand_computed_values(tmp_path, capsys):
-    from zero123.evaluation.breakdown import by_azimuth, main as breakdown_main, wins
+    from zero123.evaluation.breakdown import by_azimuth, main as breakdown_main, paired_difference, wins
 
     def pair(daz, model, inp):
         return {"delta_azimuth": daz, "m": {"psnr": model[0], "ssim": model[1]},
@@ -270,11 +270,15 @@ def test_breakdown_by_azimuth_and_wins_match_hand_computed_values(tmp_path, caps
     assert rows[0]["input"]["psnr"] == pytest.approx(13.0) and rows[0]["input"]["ssim"] == pytest.approx(0.7)
     assert rows[2]["m"]["psnr"] == pytest.approx(8.0)
     assert wins(result, "m", "input") == 2 and wins(result, "m", "input", "ssim") == 1
+    # differences 2, -2, 9, -1 dB: mean 2, sample variance 74 / 3; SSIM -0.1, -0.1, 0.8, -0.1: 0.125, 0.6075 / 3
+    assert paired_difference(result, "m", "input") == pytest.approx((2.0, math.sqrt(74 / 3 / 4)))
+    assert paired_difference(result, "m", "input", "ssim") == pytest.approx((0.125, math.sqrt(0.6075 / 3 / 4)))
     path = tmp_path / "eval.json"
     path.write_text(json.dumps(result))
     assert breakdown_main([str(path)]) == 0
     out = capsys.readouterr().out
     assert "| 0-30 | 2 | 13.00 / 0.600 | 13.00 / 0.700 |" in out
-    assert "m beats input on PSNR in 2 of 4 pairs, on SSIM in 1" in out
+    assert "m beats input on PSNR in 2 of 4 pairs, on SSIM in 1; mean difference +- standard error: PSNR +2.00 +- " \
+           "2.48 dB, SSIM +0.125 +- 0.225" in out
     assert breakdown_main([str(tmp_path / "missing.json")]) == 2
     assert "eval result not found" in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""A ``zero123 eval`` JSON broken down by the size of the azimuth change, and pair-by-pair win counts.
+"""A ``zero123 eval`` JSON broken down by the size of the azimuth change, pair-by-pair win counts, and the mean
+pair-by-pair difference to each baseline with its standard error (is a lead larger than the noise of the pairs?).
 
     python -m zero123.evaluation.breakdown bench/results/default_model/eval_test_cpu_v03.json
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -55,6 +57,19 @@ def wins(result: dict, method: str, other: str, metric: str = "psnr") -> int:
     return sum(p[method][metric] > p[other][metric] for p in result["pairs"])
 
 
+def paired_difference(result: dict, method: str, other: str, metric: str = "psnr") -> tuple[float, float]:
+    """``(mean, standard error)`` over the pairs of ``method``'s score minus ``other``'s on ``metric`` (standard
+    error: sample standard deviation, n - 1, over sqrt(n); 0 for one pair)."""
+    d = [p[method][metric] - p[other][metric] for p in result["pairs"]]
+    n = len(d)
+    if n == 0:
+        raise Zero123Error("the eval result has no pairs")
+    mean = sum(d) / n
+    if n == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n)
+
+
 def model_methods(result: dict) -> List[str]:
     return [m for m in result["methods"] if m not in BASELINES]
 
@@ -70,8 +85,10 @@ def report(result: dict) -> str:
     for m in model_methods(result):
         for b in ("input", "mean_train"):
             if b in result["methods"]:
+                (dp, sp), (ds, ss) = (paired_difference(result, m, b, q) for q in ("psnr", "ssim"))
                 lines.append(f"{m} beats {b} on PSNR in {wins(result, m, b)} of {n} pairs, "
-                             f"on SSIM in {wins(result, m, b, 'ssim')}")
+                             f"on SSIM in {wins(result, m, b, 'ssim')}; mean difference +- standard error: "
+                             f"PSNR {dp:+.2f} +- {sp:.2f} dB, SSIM {ds:+.3f} +- {ss:.3f}")
     return "\n".join(lines)
 
 
