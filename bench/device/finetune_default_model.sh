@@ -22,8 +22,8 @@
 # (`zero123 merge-datasets`), so the seed-0 render's val/test objects stay held out and the evaluation unchanged.
 # RESUME=1 continues the training run the previous call left in $WORK/diffusion on a warm machine (--resume latest:
 # weights, optimizer, EMA, step and lr schedule), e.g. one cosine decay over several calls:
-#   NPROC=2 EXTRA_OBJECTS=6000 DEADLINE=560 EXTRA="max_steps=7000 optim.decay=cosine ..." bash ...   # call 1
-#   RESUME=1 INIT=/tmp/dm_chain NPROC=2 EXTRA_OBJECTS=6000 DEADLINE=560 EXTRA="(the same)" bash ...    # calls 2, 3
+#   NPROC=2 EXTRA_OBJECTS=6000 DEADLINE=565 EXTRA="max_steps=6000 optim.decay=cosine ..." bash ...   # call 1 (v0.4)
+#   RESUME=1 NPROC=2 EXTRA_OBJECTS=6000 DEADLINE=565 EXTRA="(the same)" bash ...   # calls 2, 3
 #   BENCH=1 MINUTES=4.5 bash bench/device/finetune_default_model.sh     # + the batch 128 vs 512 step benchmark
 #   EVAL=0 MINUTES=8.4 EXTRA="optim.warmup_steps=50 sample.every=0" bash bench/device/finetune_default_model.sh
 #                                                                       # each of the two calls that made v0.2
