@@ -81,19 +81,20 @@ if [ "$BENCH" = 1 ]; then
   fi
   echo "bench done at ${SECONDS}s"
 fi
-count='import json,sys; m=json.load(open(sys.argv[1])); print(len(m["objects"]) + len(m.get("skipped", [])))'
-if [ "$(python3 -c "$count" "$WORK/renders/manifest.json" 2>/dev/null)" != "$OBJECTS" ]; then
-  rm -rf "$WORK/renders"
-  $ZERO123 render-dataset --out "$WORK/renders" --procedural "$OBJECTS" --views 12 --size 128 --test-fraction 0.1 \
-    --val-fraction 0.05 --workers "$(nproc)" --quiet
-fi
+# render_once DIR N ARGS...: N procedural objects (12 views, 128 px) into DIR, unless DIR already holds N
+# (a warm machine keeps /tmp; rendering is deterministic, so reusing them is the same as rendering again)
+render_once() {
+  local dir=$1 n=$2 count='import json,sys; m=json.load(open(sys.argv[1])); print(len(m["objects"]) + len(m.get("skipped", [])))'
+  shift 2
+  if [ "$(python3 -c "$count" "$dir/manifest.json" 2>/dev/null)" != "$n" ]; then
+    rm -rf "$dir"
+    $ZERO123 render-dataset --out "$dir" --procedural "$n" --views 12 --size 128 --workers "$(nproc)" --quiet "$@"
+  fi
+}
+render_once "$WORK/renders" "$OBJECTS" --test-fraction 0.1 --val-fraction 0.05
 DATA="$WORK/renders"
 if [ "$EXTRA_OBJECTS" != 0 ]; then
-  if [ "$(python3 -c "$count" "$WORK/extra/manifest.json" 2>/dev/null)" != "$EXTRA_OBJECTS" ]; then
-    rm -rf "$WORK/extra"
-    $ZERO123 render-dataset --out "$WORK/extra" --procedural "$EXTRA_OBJECTS" --seed "$EXTRA_SEED" --views 12 \
-      --size 128 --test-fraction 0 --val-fraction 0 --workers "$(nproc)" --quiet
-  fi
+  render_once "$WORK/extra" "$EXTRA_OBJECTS" --seed "$EXTRA_SEED" --test-fraction 0 --val-fraction 0
   rm -rf "$WORK/merged" && $ZERO123 merge-datasets --out "$WORK/merged" "$WORK/renders" "$WORK/extra" || exit 1
   DATA="$WORK/merged"
 fi

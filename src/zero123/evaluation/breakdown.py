@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -61,13 +62,9 @@ def paired_difference(result: dict, method: str, other: str, metric: str = "psnr
     """``(mean, standard error)`` over the pairs of ``method``'s score minus ``other``'s on ``metric`` (standard
     error: sample standard deviation, n - 1, over sqrt(n); 0 for one pair)."""
     d = [p[method][metric] - p[other][metric] for p in result["pairs"]]
-    n = len(d)
-    if n == 0:
+    if not d:
         raise Zero123Error("the eval result has no pairs")
-    mean = sum(d) / n
-    if n == 1:
-        return mean, 0.0
-    return mean, math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n)
+    return statistics.fmean(d), (statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else 0.0)
 
 
 def model_methods(result: dict) -> List[str]:
