@@ -228,6 +228,28 @@ def test_pipeline_predictor_with_tiny_model(dataset, tiny_model):
     assert pipeline_predictor(pipe, 2)(x48, 0.0, 30.0, 0.0, 0.0).shape == (1, 3, 48, 48)
 
 
+def test_pipeline_predictor_mean_of_samples(dataset, tiny_model):
+    """num_samples=K returns the pixel mean of K samples whose start noise is drawn as [K,4,h,w] from the
+    predictor's generator: checked against K separate pipeline calls, each given its slice of that noise."""
+    from zero123.pipelines.zero123_pipeline import Zero123Pipeline
+
+    pipe = Zero123Pipeline.from_model(tiny_model)
+    p = select_pairs(dataset, "test", pairs_per_object=1, seed=0)[0]
+    x = layout.load_view(dataset, p.object_id, p.input_view, 32)[0][None]
+    cam = (p.delta_elevation, p.delta_azimuth, p.delta_radius, p.input_elevation)
+    y = pipeline_predictor(pipe, num_inference_steps=3, seed=5, num_samples=3)(x, *cam)
+    h = tiny_model.unet.config.sample_size
+    noise = torch.randn((3, tiny_model.latent_channels, h, h), generator=torch.Generator().manual_seed(5 * 1_000_003))
+    singles = [pipe(x, [cam[0]], [cam[1]], [cam[2]], input_elevation=cam[3], num_inference_steps=3,
+                    latents=noise[i:i + 1], output_type="pt", progress=False).images for i in range(3)]
+    assert min(float((singles[i] - singles[j]).abs().max()) for i, j in ((0, 1), (0, 2), (1, 2))) > 1e-3
+    expected = torch.cat(singles).mean(0, keepdim=True) * 2 - 1
+    assert y.shape == (1, 3, 32, 32)
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=0)
+    with pytest.raises(Zero123Error, match="num_samples"):
+        pipeline_predictor(pipe, num_samples=0)
+
+
 def test_cli_eval_baselines_and_checkpoint(dataset, tmp_path, capsys, fixtures_dir):
     out = tmp_path / "res.json"
     torch.save(_random_lpips_state("alex"), tmp_path / "lp.pth")
@@ -248,6 +270,16 @@ def test_cli_eval_baselines_and_checkpoint(dataset, tmp_path, capsys, fixtures_d
     assert "tiny_zero123_ldm.ckpt" in text and "LPIPS skipped" in text
     data = json.loads(out.read_text())
     assert data["settings"]["image_size"] == 32 and data["settings"]["steps"] == 2
+    rc = main(["eval", "--data", str(dataset), "--checkpoint", str(fixtures_dir / "tiny_zero123_ldm.ckpt"),
+               "--steps", "2", "--samples", "2", "--pairs-per-object", "1", "--max-objects", "1", "--quiet",
+               "--device", "cpu", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "tiny_zero123_ldm.ckpt (mean of 2 samples)" in text
+    assert len({line.index("±") for line in text.splitlines() if "±" in line}) == 1  # columns stay aligned
+    data = json.loads(out.read_text())
+    assert data["settings"]["samples_per_view"] == 2 and "tiny_zero123_ldm.ckpt (mean of 2 samples)" in data["methods"]
+    rc = main(["eval", "--data", str(dataset), "--samples", "0", "--device", "cpu"])
+    assert rc == 2 and "--samples must be >= 1" in capsys.readouterr().err
     rc = main(["eval", "--data", str(tmp_path / "missing"), "--baselines-only"])
     assert rc == 2 and "not a rendered dataset" in capsys.readouterr().err
 
