@@ -254,7 +254,8 @@ def pipeline_predictor(pipe, num_inference_steps: int = 50, guidance_scale: floa
     generator) and returns their pixel mean: a Monte Carlo estimate of the model's expected view. It scores higher
     on PSNR than one sample (PSNR rewards the mean of what the model finds plausible) but is blurrier where the
     model is unsure; ``zero123 views`` returns single samples."""
-    if int(num_samples) < 1:
+    k = int(num_samples)
+    if k < 1:
         raise Zero123Error(f"num_samples must be >= 1, got {num_samples}")
     counter = {"n": 0}
 
@@ -266,7 +267,6 @@ def pipeline_predictor(pipe, num_inference_steps: int = 50, guidance_scale: floa
         if x.shape[-1] != size:
             x = torch.nn.functional.interpolate(((x + 1) / 2), size=(size, size), mode="bicubic", antialias=True,
                                                 align_corners=False).clamp(0, 1) * 2 - 1
-        k = int(num_samples)
         out = pipe(x, elevations=[float(d_elev)] * k, azimuths=[float(d_azim)] * k, radii=[float(d_radius)] * k,
                    input_elevation=float(input_elev), num_inference_steps=num_inference_steps,
                    guidance_scale=guidance_scale, eta=eta, generator=g, output_type="pt", progress=False)
