@@ -9,8 +9,9 @@ import torch
 from zero123.errors import Zero123Error
 from zero123.models.configs import tiny_config
 from zero123.schedulers import make_ddpm_scheduler
+from zero123.training.config import config_from_dict
 from zero123.training.trainer import (DiffusionObjective, apply_cfg_dropout, cfg_dropout_masks, decay_factor,
-                                      draw_noise, vae_reconstruction_loss, warmup_factor)
+                                      draw_noise, min_snr_weights, vae_reconstruction_loss, warmup_factor)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -78,6 +79,40 @@ def test_loss_equals_independent_computation(model):
     # encode_latents with the same posterior noise (diffusers samples mean + std * randn)
     torch.testing.assert_close(z0, dist.mean * model.scaling_factor + dist.std * model.scaling_factor
                                * b["posterior_noise"])
+
+
+def test_min_snr_weights_match_diffusers_compute_snr():
+    from diffusers.training_utils import compute_snr
+
+    sched = make_ddpm_scheduler()
+    t = torch.arange(0, 1000, 7)
+    for gamma in (1.0, 5.0):
+        snr = compute_snr(sched, t)  # diffusers' training helper, an independent SNR computation
+        expected = torch.stack([snr, gamma * torch.ones_like(snr)], dim=1).min(dim=1)[0] / snr
+        got = min_snr_weights(sched.alphas_cumprod[t], gamma)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=0)
+        assert torch.all(got[snr <= gamma] == 1) and torch.all(got[snr > gamma] < 1)
+    # the SD schedule: t = 999 keeps weight 1, t = 0 (SNR ~ 1175) gets about gamma / 1175
+    w = min_snr_weights(sched.alphas_cumprod[torch.tensor([0, 999])], 5.0)
+    assert w[1] == 1 and 0.003 < w[0] < 0.005
+
+
+def test_min_snr_loss_weights_each_sample(model):
+    b = _batch(model)
+    plain = DiffusionObjective(model)(**b)
+    out = DiffusionObjective(model, snr_gamma=5.0)(**b)
+    # the plain MSE is still reported, unchanged
+    torch.testing.assert_close(out["diffusion_loss"], plain["loss"])
+    with torch.no_grad():  # per-sample MSE from single-sample calls (t = 5, 500, 999)
+        per = torch.stack([DiffusionObjective(model)(**{k: v[i:i + 1] for k, v in b.items()})["loss"]
+                           for i in range(3)])
+    acp = make_ddpm_scheduler().alphas_cumprod[b["timesteps"]]
+    snr = acp / (1 - acp)
+    expected = (torch.clamp(snr, max=5.0) / snr * per).mean()
+    torch.testing.assert_close(out["loss"], expected, rtol=1e-5, atol=1e-7)
+    assert out["loss"] < plain["loss"]  # t = 5 (SNR ~ 250) is down-weighted 50x
+    with pytest.raises(Zero123Error, match="snr_gamma"):
+        config_from_dict({"data": {"root": "x"}, "objective": {"snr_gamma": 0}})
 
 
 def test_cfg_dropout_reaches_the_unet_as_zero_embedding_and_zero_concat(model):

@@ -60,6 +60,18 @@ def test_a_few_steps_fit_a_handful_of_pairs(data_root, tmp_path):
     assert sum(r["loss"] for r in log[-4:]) < sum(r["loss"] for r in log[:4])
 
 
+def test_min_snr_run_logs_the_weighted_and_the_plain_validation_loss(data_root, tmp_path):
+    tr = _trainer(**_base(data_root, tmp_path, max_steps=2, val_every=2, val_draws=8,
+                          objective={"snr_gamma": 1.0}, ema={"enabled": False}))
+    tr.train()
+    val = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines() if "val_loss" in line]
+    assert len(val) == 1 and val[0]["step"] == 2
+    again = tr.evaluate_losses()  # same fixed val draws, same weights: the same two numbers
+    assert val[0]["val_loss"] == pytest.approx(again["loss"], rel=1e-6)
+    assert val[0]["val_mse"] == pytest.approx(again["diffusion_loss"], rel=1e-6)
+    assert val[0]["val_loss"] < val[0]["val_mse"]  # weights <= 1, < 1 for the draws with SNR(t) > 1
+
+
 def test_resume_continues_exactly(data_root, tmp_path):
     # gradient accumulation, warm-up, the cosine lr decay and EMA all cross the resume point
     kw = dict(max_steps=5, batch_size=2, gradient_accumulation_steps=2, checkpoint_every=2,

@@ -20,6 +20,9 @@
 # EXTRA_OBJECTS=N adds N more procedural objects as training data: rendered with --seed $EXTRA_SEED (default 1:
 # other objects than seed 0's) --test-fraction 0 (all train) and merged with the seed-0 render
 # (`zero123 merge-datasets`), so the seed-0 render's val/test objects stay held out and the evaluation unchanged.
+# TAG=name keeps this run's files apart from other runs sharing $WORK's renders: $WORK/diffusion_name,
+# $WORK/default_model_name, /tmp/dm_chain_name and $OUT/name/ (bench/device/finetune_variants.sh runs one per GPU).
+# RENDER_ONLY=1 stops once the renders (and the merged dataset) are ready.
 # RESUME=1 continues the training run the previous call left in $WORK/diffusion on a warm machine (--resume latest:
 # weights, optimizer, EMA, step and lr schedule), e.g. one cosine decay over several calls:
 #   NPROC=2 EXTRA_OBJECTS=6000 DEADLINE=565 EXTRA="max_steps=6000 optim.decay=cosine ..." bash ...   # call 1 (v0.4)
@@ -49,26 +52,31 @@ EXTRA_OBJECTS=${EXTRA_OBJECTS:-0}
 EXTRA_SEED=${EXTRA_SEED:-1}
 RESUME=${RESUME:-0}
 EXTRA_VAE=${EXTRA_VAE:-}
+TAG=${TAG:-}
+RENDER_ONLY=${RENDER_ONLY:-0}
+SUFFIX=${TAG:+_$TAG}
+RUN=diffusion$SUFFIX MODEL=default_model$SUFFIX VAE_RUN=vae$SUFFIX
+if [ -n "$TAG" ]; then OUT=$OUT/$TAG && mkdir -p "$OUT"; fi
 ZERO123="python3 -m zero123.cli"
 pack() {
   (cd "$WORK" 2>/dev/null || exit
-   if [ -d default_model ] && [ ! -e "$OUT/model.tar.part-aa" ]; then
-     tar cf - default_model | split -b 15M - "$OUT/model.tar.part-"
+   if [ -d "$MODEL" ] && [ ! -e "$OUT/model.tar.part-aa" ]; then
+     tar cf - "$MODEL" | split -b 15M - "$OUT/model.tar.part-"
    fi
-   tar cf "$OUT/logs.tar" --exclude='checkpoints' diffusion/log.jsonl diffusion/config.yaml diffusion/samples \
-     vae/log.jsonl vae/config.yaml vae/samples 2>/dev/null)
+   tar cf "$OUT/logs.tar" --exclude='checkpoints' "$RUN"/log.jsonl "$RUN"/config.yaml "$RUN"/samples \
+     "$VAE_RUN"/log.jsonl "$VAE_RUN"/config.yaml "$VAE_RUN"/samples 2>/dev/null)
 }
-trap pack EXIT
+[ "$RENDER_ONLY" = 1 ] || trap pack EXIT
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 sha256sum "$INIT"/unet/*.safetensors
 SECONDS=0
-mkdir -p "$WORK" && rm -rf "$WORK/default_model" "$WORK/vae"
+mkdir -p "$WORK" && rm -rf "${WORK:?}/$MODEL" "${WORK:?}/$VAE_RUN"
 RESUME_ARG=""
-if [ "$RESUME" = 1 ] && [ -d "$WORK/diffusion/checkpoints" ]; then
+if [ "$RESUME" = 1 ] && [ -d "$WORK/$RUN/checkpoints" ]; then
   RESUME_ARG="--resume latest"
-else
-  [ "$RESUME" = 1 ] && echo "RESUME=1 but no run in $WORK/diffusion (a fresh machine?): starting a new run from $INIT"
-  rm -rf "$WORK/diffusion"
+elif [ "$RENDER_ONLY" != 1 ]; then
+  [ "$RESUME" = 1 ] && echo "RESUME=1 but no run in $WORK/$RUN (a fresh machine?): starting a new run from $INIT"
+  rm -rf "${WORK:?}/$RUN"
 fi
 if [ "$BENCH" = 1 ]; then
   for b in ${BENCH_BATCHES:-128 $BATCH}; do
@@ -83,10 +91,11 @@ if [ "$BENCH" = 1 ]; then
 fi
 # render_once DIR N ARGS...: N procedural objects (12 views, 128 px) into DIR, unless DIR already holds N
 # (a warm machine keeps /tmp; rendering is deterministic, so reusing them is the same as rendering again)
+COUNT='import json,sys; m=json.load(open(sys.argv[1])); print(len(m["objects"]) + len(m.get("skipped", [])))'
 render_once() {
-  local dir=$1 n=$2 count='import json,sys; m=json.load(open(sys.argv[1])); print(len(m["objects"]) + len(m.get("skipped", [])))'
+  local dir=$1 n=$2
   shift 2
-  if [ "$(python3 -c "$count" "$dir/manifest.json" 2>/dev/null)" != "$n" ]; then
+  if [ "$(python3 -c "$COUNT" "$dir/manifest.json" 2>/dev/null)" != "$n" ]; then
     rm -rf "$dir"
     $ZERO123 render-dataset --out "$dir" --procedural "$n" --views 12 --size 128 --workers "$(nproc)" --quiet "$@"
   fi
@@ -95,17 +104,21 @@ render_once "$WORK/renders" "$OBJECTS" --test-fraction 0.1 --val-fraction 0.05
 DATA="$WORK/renders"
 if [ "$EXTRA_OBJECTS" != 0 ]; then
   render_once "$WORK/extra" "$EXTRA_OBJECTS" --seed "$EXTRA_SEED" --test-fraction 0 --val-fraction 0
-  rm -rf "$WORK/merged" && $ZERO123 merge-datasets --out "$WORK/merged" "$WORK/renders" "$WORK/extra" || exit 1
+  # merged once: runs sharing $WORK (TAG=...) start after it exists
+  if [ "$(python3 -c "$COUNT" "$WORK/merged/manifest.json" 2>/dev/null)" != "$((OBJECTS + EXTRA_OBJECTS))" ]; then
+    rm -rf "$WORK/merged" && $ZERO123 merge-datasets --out "$WORK/merged" "$WORK/renders" "$WORK/extra" || exit 1
+  fi
   DATA="$WORK/merged"
 fi
 echo "renders ready at ${SECONDS}s"
+[ "$RENDER_ONLY" = 1 ] && exit 0
 vae_from=null
 if [ "$VAE_MINUTES" != 0 ]; then
   # shellcheck disable=SC2086
   $ZERO123 train configs/small_vae.yaml data.root="$WORK/renders" data.num_workers=14 batch_size="$VAE_BATCH" \
-    model.vae_from="$INIT/vae" 'model.vae={}' optim.warmup_steps=50 --output-dir "$WORK/vae" \
+    model.vae_from="$INIT/vae" 'model.vae={}' optim.warmup_steps=50 --output-dir "$WORK/$VAE_RUN" \
     --max-minutes "$VAE_MINUTES" $EXTRA_VAE 2>&1 | tee "$OUT/train_vae.log" | grep -v 'step/s\]\|s/step\]'
-  vae_from="$WORK/vae/final"
+  vae_from="$WORK/$VAE_RUN/final"
   echo "vae trained at ${SECONDS}s"
 fi
 TRAIN=$ZERO123
@@ -119,20 +132,20 @@ echo "diffusion stage: $MINUTES min on $NPROC GPU(s), batch $BATCH per GPU"
 # shellcheck disable=SC2086
 $TRAIN train configs/small_default.yaml data.root="$DATA" data.num_workers=14 batch_size="$BATCH" \
   model.init_from="$INIT" 'model.unet={}' 'model.vae={}' 'model.clip={}' data.cache_latents="$([ "$CACHE" = 1 ] \
-  && echo true || echo false)" model.vae_from="$vae_from" --output-dir "$WORK/diffusion" --max-minutes "$MINUTES" \
+  && echo true || echo false)" model.vae_from="$vae_from" --output-dir "$WORK/$RUN" --max-minutes "$MINUTES" \
   $RESUME_ARG $EXTRA 2>&1 | tee "$OUT/train.log" | grep -v 'step/s\]\|s/step\]'
-$ZERO123 convert "$WORK/diffusion/final" "$WORK/default_model" --half
+$ZERO123 convert "$WORK/$RUN/final" "$WORK/$MODEL" --half
 pack
 # a warm machine keeps /tmp: the next call can start from here (INIT=$CHAIN_DIR) without carrying 30 MB
-CHAIN_DIR=${CHAIN_DIR:-/tmp/dm_chain}
-rm -rf "$CHAIN_DIR" && cp -r "$WORK/default_model" "$CHAIN_DIR"
+CHAIN_DIR=${CHAIN_DIR:-/tmp/dm_chain}$SUFFIX
+rm -rf "$CHAIN_DIR" && cp -r "$WORK/$MODEL" "$CHAIN_DIR"
 echo "trained at ${SECONDS}s"
 if [ "$EVAL" = 1 ]; then
   # quick checks on the GPU (the model card's figures are re-measured on a CPU before any weights are shipped):
   # does the model use its camera now, and the held-out metrics against the baselines
   timeout "${EVAL_TIMEOUT:-120}" python3 -m zero123.evaluation.conditioning --data "$WORK/renders" --split test \
-    -c "$WORK/default_model" --pairs 128 --device cuda --out "$OUT/conditioning.json" 2>&1 | grep -v Warning
-  timeout "${EVAL_TIMEOUT:-120}" $ZERO123 eval --data "$WORK/renders" --checkpoint "$WORK/default_model" \
+    -c "$WORK/$MODEL" --pairs 128 --device cuda --out "$OUT/conditioning.json" 2>&1 | grep -v Warning
+  timeout "${EVAL_TIMEOUT:-120}" $ZERO123 eval --data "$WORK/renders" --checkpoint "$WORK/$MODEL" \
     --max-objects 40 --pairs-per-object 2 --steps 50 --out "$OUT/eval_test_gpu.json" --quiet 2>&1 | grep -v Warning
 fi
 echo "total ${SECONDS}s"

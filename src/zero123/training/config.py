@@ -131,6 +131,11 @@ class ObjectiveConfig:
     cfg_dropout: float = 0.05
     #: VAE stage: loss = mean L1 + kl_weight x KL / (3 H W) (LDM's per-sample sums, 1e-6 as SD's VAE).
     kl_weight: float = 1e-6
+    #: Min-SNR-gamma loss weighting (Hang et al. 2023; diffusers' ``--snr_gamma``): each sample's eps MSE is
+    #: multiplied by ``min(SNR(t), gamma) / SNR(t)``, ``SNR = acp / (1 - acp)``, which lowers the weight of the
+    #: low-noise steps (SNR > gamma) and so moves the gradient towards the high-noise steps that decide the
+    #: silhouette. null: the plain mean (Zero123). 5 is the paper's value; smaller values weigh high noise more.
+    snr_gamma: float | None = None
 
 
 @dataclass
@@ -234,6 +239,8 @@ class TrainConfig:
             raise Zero123Error(f"optim.betas must be two numbers, got {self.optim.betas!r}")
         if not 0.0 <= self.objective.cfg_dropout <= 1.0 / 3.0:
             raise Zero123Error(f"objective.cfg_dropout must be in [0, 1/3], got {self.objective.cfg_dropout}")
+        if self.objective.snr_gamma is not None and not self.objective.snr_gamma > 0:
+            raise Zero123Error(f"objective.snr_gamma must be > 0 or null, got {self.objective.snr_gamma}")
         if not 0.0 < self.ema.decay <= 1.0:
             raise Zero123Error(f"ema.decay must be in (0, 1], got {self.ema.decay}")
         if self.sample.every < 0 or self.sample.num_pairs < 1 or self.sample.steps < 2:

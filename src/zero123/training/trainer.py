@@ -7,7 +7,8 @@ The diffusion objective is Zero123's (``ldm.models.diffusion.ddpm.LatentDiffusio
 * ``t ~ U{0..999}``, ``eps ~ N(0, I)``, ``z_t = sqrt(acp[t]) z0 + sqrt(1 - acp[t]) eps``;
 * classifier-free-guidance dropout per sample with ``u ~ U(0,1)`` and ``p = 0.05``: ``u < 2p`` replaces the CLIP
   embedding by zeros BEFORE the camera projection (T is still appended), ``p <= u < 3p`` zeroes the concat latent;
-* loss = mean squared error between the UNet's eps and ``eps``;
+* loss = mean squared error between the UNet's eps and ``eps`` (optionally Min-SNR-weighted per sample,
+  ``objective.snr_gamma``; not in Zero123);
 * AdamW (lr 1e-4, ``cc_projection`` at 10x), linear warm-up from 1e-6 x lr over 100 steps then constant, EMA.
 
 Reproducibility: all randomness of a sample (view pair, ``t``, ``u``, ``eps``, the posterior noise) is a function of
@@ -91,6 +92,14 @@ def decay_factor(step: int, warmup_steps: int, max_steps: int, decay: str = "con
     return 1.0 - (1.0 - final_factor) * progress
 
 
+def min_snr_weights(alphas_cumprod_t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights of an eps-prediction loss (Hang et al. 2023): ``min(SNR, gamma) / SNR`` with
+    ``SNR = acp / (1 - acp)``, from ``acp[t]`` (any shape; same shape out, in (0, 1]). Steps with SNR <= gamma
+    (high noise) keep weight 1; less noisy ones get ``gamma / SNR``."""
+    snr = alphas_cumprod_t / (1.0 - alphas_cumprod_t)
+    return snr.clamp(max=float(gamma)) / snr
+
+
 def _draw_seed(seed: int, draw: int) -> int:
     return int(np.random.SeedSequence([int(seed), 2, int(draw)]).generate_state(1, np.uint64)[0])
 
@@ -138,20 +147,23 @@ class DiffusionObjective(nn.Module):
 
     ``forward(target, cond, camera, noise, posterior_noise, timesteps, dropout_u)`` with images ``[B,3,H,W]`` in
     [-1,1], camera ``[B,4]``, noises ``[B,C,h,w]``, timesteps long ``[B]``, dropout_u ``[B]``; returns
-    ``{"loss", "diffusion_loss"[, "vae_loss"]}`` (scalars). With a frozen VAE the posteriors may be given instead
-    of encoded: ``target_mean``, ``target_std``, ``cond_mean`` ``[B,C,h,w]`` (then ``target`` may be None). With
-    ``train_vae`` the VAE also learns its reconstruction objective on the target images (no diffusion gradient
-    reaches it); with ``train_image_encoder`` the CLIP encoder gets the diffusion gradient.
+    ``{"loss", "diffusion_loss"[, "vae_loss"]}`` (scalars; ``diffusion_loss`` is the plain eps MSE, ``loss`` what
+    is optimised: the Min-SNR-weighted MSE when ``snr_gamma`` is set, plus ``vae_loss``). With a frozen VAE the
+    posteriors may be given instead of encoded: ``target_mean``, ``target_std``, ``cond_mean`` ``[B,C,h,w]`` (then
+    ``target`` may be None). With ``train_vae`` the VAE also learns its reconstruction objective on the target
+    images (no diffusion gradient reaches it); with ``train_image_encoder`` the CLIP encoder gets the diffusion
+    gradient.
     """
 
     def __init__(self, model, cfg_dropout: float = 0.05, train_vae: bool = False, kl_weight: float = 1e-6,
-                 train_image_encoder: bool = False):
+                 train_image_encoder: bool = False, snr_gamma: float | None = None):
         super().__init__()
         self.model = model
         self.cfg_dropout = float(cfg_dropout)
         self.train_vae = bool(train_vae)
         self.kl_weight = float(kl_weight)
         self.train_image_encoder = bool(train_image_encoder)
+        self.snr_gamma = None if snr_gamma is None else float(snr_gamma)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -181,8 +193,12 @@ class DiffusionObjective(nn.Module):
         acp = m.alphas_cumprod.to(z0.device)[timesteps].float().view(-1, 1, 1, 1)
         noisy = acp.sqrt() * z0 + (1.0 - acp).sqrt() * noise.float()
         eps = m.predict_noise(noisy, timesteps, token, concat)
-        out["diffusion_loss"] = F.mse_loss(eps.float(), noise.float())
-        out["loss"] = out["diffusion_loss"]
+        per_sample = (eps.float() - noise.float()).pow(2).flatten(1).mean(1)  # [B]
+        out["diffusion_loss"] = per_sample.mean()
+        if self.snr_gamma is None:
+            out["loss"] = out["diffusion_loss"]
+        else:
+            out["loss"] = (min_snr_weights(acp.view(-1), self.snr_gamma) * per_sample).mean()
         if self.train_vae:
             out["vae_loss"], _ = vae_reconstruction_loss(m.vae, target, posterior_noise, self.kl_weight)
             out["loss"] = out["loss"] + out["vae_loss"]
@@ -516,7 +532,8 @@ class Trainer:
                 if not cfg.model.freeze_vae:
                     model.vae.enable_gradient_checkpointing()
             objective = DiffusionObjective(model, cfg.objective.cfg_dropout, train_vae=not cfg.model.freeze_vae,
-                                           kl_weight=cfg.objective.kl_weight, train_image_encoder=train_enc)
+                                           kl_weight=cfg.objective.kl_weight, train_image_encoder=train_enc,
+                                           snr_gamma=cfg.objective.snr_gamma)
             self.image_size = model.image_size
             h = model.unet.config.sample_size
             self.latent_shape = (model.latent_channels, h, h)
@@ -736,11 +753,18 @@ class Trainer:
         return out["loss"].detach().float(), stepped
 
     # ----- evaluation --------------------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate_loss(self, num_draws: int | None = None, dataset=None, collate=None,
                       cfg_dropout: bool = False) -> float:
-        """Mean loss over the fixed draws ``0 .. num_draws-1`` of ``dataset`` (default the val split), split
-        across processes; without CFG dropout unless ``cfg_dropout``. Same value on every process."""
+        """Mean loss (what is optimised) over the fixed draws ``0 .. num_draws-1`` of ``dataset`` (default the
+        val split), split across processes; without CFG dropout unless ``cfg_dropout``. Same value on every
+        process."""
+        return self.evaluate_losses(num_draws, dataset, collate, cfg_dropout)["loss"]
+
+    @torch.no_grad()
+    def evaluate_losses(self, num_draws: int | None = None, dataset=None, collate=None,
+                        cfg_dropout: bool = False) -> dict:
+        """``evaluate_loss`` for every scalar the objective returns (one pass): ``{"loss", ...}``; for the
+        diffusion stage also ``diffusion_loss``, the plain eps MSE (equal to ``loss`` unless Min-SNR-weighted)."""
         self.setup()
         acc, cfg = self.accelerator, self.config
         dataset = dataset or self.val_set
@@ -749,18 +773,19 @@ class Trainer:
         stream = DrawStream(len(dataset), dataset.seed)
         mine = list(range(acc.process_index, n, acc.num_processes))
         module = acc.unwrap_model(self.objective, keep_torch_compile=False)  # eager: no recompile per batch size
-        total = torch.zeros(2, device=acc.device, dtype=torch.float64)
+        keys = ["loss"] if self.is_vae_stage else ["loss", "diffusion_loss"]
+        total = torch.zeros(len(keys) + 1, device=acc.device, dtype=torch.float64)  # sums, then the count
         for i in range(0, len(mine), cfg.batch_size):
             chunk = mine[i:i + cfg.batch_size]
             batch = self._to_device(collate([dataset[(d, stream.item(d))] for d in chunk]))
             if not cfg_dropout:
                 batch["dropout_u"] = torch.ones_like(batch["dropout_u"])
             with acc.autocast():
-                loss = module(**self._inputs(batch))["loss"]
-            total += torch.stack([loss.double() * len(chunk), torch.tensor(float(len(chunk)), device=acc.device,
-                                                                              dtype=torch.float64)])
+                out = module(**self._inputs(batch))
+            total += torch.stack([out[k].double() * len(chunk) for k in keys]
+                                 + [torch.tensor(float(len(chunk)), device=acc.device, dtype=torch.float64)])
         total = acc.reduce(total, reduction="sum")
-        return float(total[0] / total[1].clamp(min=1))
+        return {k: float(total[j] / total[-1].clamp(min=1)) for j, k in enumerate(keys)}
 
     @torch.no_grad()
     def save_samples(self, step: int) -> Path | None:
@@ -922,10 +947,13 @@ class Trainer:
                 out_of_time = self._out_of_time(t_start)
             t_pause = time.perf_counter()  # validation, samples and checkpoints do not count as training time
             if cfg.val_every and step % cfg.val_every == 0:
-                val = self.evaluate_loss()
+                val = self.evaluate_losses()
+                record = {"step": step, "val_loss": val["loss"]}
+                if val.get("diffusion_loss", val["loss"]) != val["loss"]:  # weighted or + VAE loss: also the plain MSE
+                    record["val_mse"] = val["diffusion_loss"]
                 if acc.is_main_process:
                     with open(self.out / LOG_NAME, "a") as f:
-                        f.write(json.dumps({"step": step, "val_loss": val}) + "\n")
+                        f.write(json.dumps(record) + "\n")
             if cfg.sample.every and step % cfg.sample.every == 0:
                 self.save_samples(step)
                 acc.wait_for_everyone()
