@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
-from zero123.camera import spherical_from_position
+from zero123.camera import embedding_from_rt, spherical_from_position, world_to_camera_rt
 from zero123.cli import main
 from zero123.data import layout
 from zero123.data.objects import procedural_sources
@@ -153,6 +153,21 @@ def test_select_pairs_deterministic_with_correct_deltas(dataset):
     assert len(select_pairs(dataset, "test", pairs_per_object=50, max_objects=1)) == 12
     with pytest.raises(Zero123Error, match="no 'val' objects"):
         select_pairs(dataset, "val")
+
+
+@pytest.mark.parametrize("variant", ["zero123", "stable_zero123"])
+def test_eval_pairs_condition_the_model_as_training_does(dataset, variant):
+    """The pipeline's camera for an eval pair (changes in degrees + input elevation) equals the embedding the
+    training data computes from the two stored matrices: eval and training speak the same camera convention."""
+    from zero123.models.configs import tiny_config
+    from zero123.pipelines.zero123_pipeline import Zero123Pipeline
+
+    pipe = Zero123Pipeline(tiny_config(variant=variant).build(seed=0))
+    for p in select_pairs(dataset, "test", pairs_per_object=6, seed=0):
+        rt_in = world_to_camera_rt(layout.read_view_camera(dataset, p.object_id, p.input_view))
+        rt_out = world_to_camera_rt(layout.read_view_camera(dataset, p.object_id, p.target_view))
+        got = pipe.camera_batch([p.delta_elevation], [p.delta_azimuth], [p.delta_radius], p.input_elevation)
+        torch.testing.assert_close(got[0], embedding_from_rt(variant, rt_out, rt_in), atol=2e-5, rtol=0)
 
 
 def test_evaluate_oracle_input_and_baselines(dataset):
