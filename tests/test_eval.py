@@ -202,6 +202,12 @@ def test_evaluate_oracle_input_and_baselines(dataset):
     # a model that returns its input scores exactly like the 'input' baseline
     res2 = evaluate(lambda x, *a: x, dataset, pairs, progress=False, baselines=["input"])
     assert res2.methods["model"]["psnr"] == pytest.approx(res2.methods["input"]["psnr"])
+    # autoencode: the vae_target row scores each target passed through it (here: a darkening by 0.1)
+    res3 = evaluate(None, dataset, pairs, progress=False, baselines=["input"],
+                    autoencode=lambda y: (y - 0.2).clamp(-1, 1))
+    assert list(res3.methods) == ["vae_target", "input"]
+    dark = psnr((((torch.stack(targets) - 0.2).clamp(-1, 1)) + 1) / 2, t01)
+    assert res3.methods["vae_target"]["psnr"] == pytest.approx(dark.mean().item(), rel=1e-6)
     # the table and the JSON
     assert "oracle" in res.table() and "mean_train" in res.table()
     with pytest.raises(Zero123Error, match="predict returned"):
@@ -285,6 +291,16 @@ def test_cli_eval_baselines_and_checkpoint(dataset, tmp_path, capsys, fixtures_d
     assert "tiny_zero123_ldm.ckpt" in text and "LPIPS skipped" in text
     data = json.loads(out.read_text())
     assert data["settings"]["image_size"] == 32 and data["settings"]["steps"] == 2
+    # vae_target: each target encoded (posterior mean) and decoded by the checkpoint's own VAE
+    from zero123.loading import load_ldm_checkpoint
+
+    model = load_ldm_checkpoint(fixtures_dir / "tiny_zero123_ldm.ckpt", dtype=torch.float32, device="cpu")[0]
+    row = data["pairs"][0]
+    y = layout.load_view_image(dataset, row["object_id"], row["target_view"], 32)[None]
+    with torch.no_grad():
+        dist = model.vae.encode(y).latent_dist
+        rec = model.vae.decode(dist.mean).sample.clamp(-1, 1)
+    assert row["vae_target"]["psnr"] == pytest.approx(psnr((rec + 1) / 2, (y + 1) / 2).item(), abs=1e-4)
     rc = main(["eval", "--data", str(dataset), "--checkpoint", str(fixtures_dir / "tiny_zero123_ldm.ckpt"),
                "--steps", "2", "--samples", "2", "--pairs-per-object", "1", "--max-objects", "1", "--quiet",
                "--device", "cpu", "--out", str(out)])
@@ -327,5 +343,13 @@ def test_breakdown_by_azimuth_and_wins_match_hand_computed_values(tmp_path, caps
     assert "| 0-30 | 2 | 13.00 / 0.600 | 13.00 / 0.700 |" in out
     assert "m beats input on PSNR in 2 of 4 pairs, on SSIM in 1; mean difference +- standard error: PSNR +2.00 +- " \
            "2.48 dB, SSIM +0.125 +- 0.225" in out
+    # the vae_target oracle gets a column but no comparisons
+    result["methods"]["vae_target"] = {}
+    for row in result["pairs"]:
+        row["vae_target"] = {"psnr": 30.0, "ssim": 0.95}
+    path.write_text(json.dumps(result))
+    assert breakdown_main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 0-30 | 2 | 13.00 / 0.600 | 13.00 / 0.700 | 30.00 / 0.950 |" in out and "vae_target beats" not in out
     assert breakdown_main([str(tmp_path / "missing.json")]) == 2
     assert "eval result not found" in capsys.readouterr().out

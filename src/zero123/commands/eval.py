@@ -14,7 +14,8 @@ EPILOG = """examples:
   zero123 eval --data data/proc --samples 4 --steps 25                # the mean of 4 samples per view
 Pairs (input view -> target view) are drawn per held-out object, deterministically from --seed. Images are
 composited on white at the model's image size. Baselines: 'input' (return the input view), 'mean_train'
-(mean training image), 'mean_target' (mean of the targets). LPIPS needs local weights: a state dict saved from
+(mean training image), 'mean_target' (mean of the targets); with a model also 'vae_target' (the target through
+the model's own VAE: the most a sample can be, given the decoder). LPIPS needs local weights: a state dict saved from
 the lpips package, e.g. torch.save(lpips.LPIPS(net='alex').state_dict(), 'lpips_alex.pth')."""
 
 
@@ -48,7 +49,7 @@ def run(args) -> int:
     from ..data import layout
     from ..errors import Zero123Error
     from ..evaluation.metrics import load_lpips
-    from ..evaluation.runner import evaluate, pipeline_predictor, select_pairs
+    from ..evaluation.runner import evaluate, pipeline_predictor, select_pairs, vae_roundtrip
 
     if args.steps < 2:
         raise Zero123Error(f"--steps must be >= 2, got {args.steps}")
@@ -57,7 +58,7 @@ def run(args) -> int:
     manifest = layout.read_manifest(args.data)
     pairs = select_pairs(args.data, args.split, args.pairs_per_object, args.seed, args.max_objects, manifest)
     lpips = load_lpips(args.lpips_weights) if args.lpips_weights else None
-    predict, size, name = None, args.image_size or manifest.image_size, "model"
+    predict, size, name, autoencode = None, args.image_size or manifest.image_size, "model", None
     settings = {}
     if not args.baselines_only:
         from ..pipelines.zero123_pipeline import Zero123Pipeline
@@ -69,6 +70,7 @@ def run(args) -> int:
             Zero123Pipeline.from_single_file(ckpt, variant=args.variant, dtype=dtype, device=device)
         size = args.image_size or pipe.model.image_size
         predict = pipeline_predictor(pipe, args.steps, args.guidance_scale, args.seed, args.eta, args.samples)
+        autoencode = vae_roundtrip(pipe.model)
         name = Path(ckpt).name if ckpt else "bundled"
         if args.samples > 1:
             name += f" (mean of {args.samples} samples)"
@@ -78,7 +80,7 @@ def run(args) -> int:
         if lpips is not None:
             lpips.to(device)
     result = evaluate(predict, args.data, pairs, size, lpips=lpips, method_name=name, progress=not args.quiet,
-                      manifest=manifest)
+                      manifest=manifest, autoencode=autoencode)
     result.settings.update(settings, split=args.split, seed=args.seed, pairs_per_object=args.pairs_per_object)
     print(result.table())
     if args.out:

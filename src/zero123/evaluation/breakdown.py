@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from ..errors import Zero123Error
+from .runner import BASELINES, VAE_TARGET
 
 #: edges of the |azimuth change| bins, degrees: [0, 30), [30, 60), [60, 90), [90, 135), [135, 180]
 AZIMUTH_EDGES = (0.0, 30.0, 60.0, 90.0, 135.0, 180.0)
-BASELINES = ("input", "mean_train", "mean_target")
 
 
 def load_result(path) -> dict:
@@ -68,7 +68,8 @@ def paired_difference(result: dict, method: str, other: str, metric: str = "psnr
 
 
 def model_methods(result: dict) -> List[str]:
-    return [m for m in result["methods"] if m not in BASELINES]
+    """The methods compared with the baselines: all but the baselines and the ``vae_target`` oracle."""
+    return [m for m in result["methods"] if m not in BASELINES and m != VAE_TARGET]
 
 
 def report(result: dict) -> str:

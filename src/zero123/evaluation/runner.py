@@ -18,6 +18,10 @@ Baselines (computed on the same pairs):
       seeded sample of ``MEAN_TRAIN_MAX_VIEWS`` when there are more (reading 20 000 PNGs took minutes; the mean of
       4096 random views differs from the full mean by well under one 8-bit level per pixel);
     * ``mean_target``: the mean of all target images of the evaluated pairs (an oracle constant image).
+
+With a model, ``zero123 eval`` also scores ``vae_target``: the TARGET view encoded and decoded by the model's own
+VAE (an oracle, :func:`vae_roundtrip`). No sample can be more faithful than its decoder allows, so this row is the
+share of the error that belongs to the autoencoder rather than to the diffusion model.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from .metrics import psnr, ssim
 Predictor = Callable[[torch.Tensor, float, float, float, float], torch.Tensor]
 
 BASELINES = ("input", "mean_train", "mean_target")
+VAE_TARGET = "vae_target"
 
 
 @dataclass(frozen=True)
@@ -173,11 +178,14 @@ def _mean_image(root, entries, size: int, max_views: int = MEAN_TRAIN_MAX_VIEWS,
 
 def evaluate(predict: Optional[Predictor], root, pairs: Sequence[EvalPair], image_size: Optional[int] = None,
              baselines: Sequence[str] = BASELINES, lpips=None, method_name: str = "model",
-             progress: bool = True, manifest: Optional[layout.Manifest] = None) -> EvalResult:
+             progress: bool = True, manifest: Optional[layout.Manifest] = None,
+             autoencode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> EvalResult:
     """Score ``predict`` (or only the baselines when ``None``) on ``pairs`` of the dataset at ``root``.
 
     Images are composited on white and resized to ``image_size`` (default: the dataset's). ``lpips``: an
     :class:`~zero123.evaluation.metrics.LPIPS` module or ``None`` (then LPIPS is skipped with a note).
+    ``autoencode``: ``[1,3,S,S] -> [1,3,S,S]`` in [-1,1] (e.g. :func:`vae_roundtrip`); scores the method
+    ``vae_target``, each target passed through it.
     """
     from tqdm.auto import tqdm
 
@@ -212,7 +220,8 @@ def evaluate(predict: Optional[Predictor], root, pairs: Sequence[EvalPair], imag
         all_targets = torch.stack([view(p.object_id, p.target_view) for p in pairs])
         constant["mean_target"] = all_targets.double().mean(0).float()
 
-    methods = ([method_name] if predict is not None else []) + baselines
+    oracles = [VAE_TARGET] if autoencode is not None else []
+    methods = ([method_name] if predict is not None else []) + oracles + baselines
     preds: Dict[str, List[torch.Tensor]] = {m: [] for m in methods}
     targets = []
     for p in tqdm(pairs, desc="evaluating", unit="pair", disable=not progress):
@@ -224,6 +233,8 @@ def evaluate(predict: Optional[Predictor], root, pairs: Sequence[EvalPair], imag
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise Zero123Error(f"predict returned {shape}; expected a [1,3,{size},{size}] tensor in [-1,1]")
             preds[method_name].append(out[0].detach().float().cpu().clamp(-1, 1))
+        if autoencode is not None:
+            preds[VAE_TARGET].append(autoencode(y[None].clone())[0].detach().float().cpu().clamp(-1, 1))
         for b in baselines:
             preds[b].append(x if b == "input" else constant[b])
     tgt01 = (torch.stack(targets) + 1) / 2
@@ -245,6 +256,15 @@ def evaluate(predict: Optional[Predictor], root, pairs: Sequence[EvalPair], imag
     return EvalResult(methods=results, pairs=per_pair, notes=notes, settings=settings)
 
 
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``[B,3,H,W]`` in [-1,1] -> ``[B,3,size,size]`` (bicubic, antialiased, clamped); unchanged at that size."""
+    if x.shape[-1] == size:
+        return x
+    x = torch.nn.functional.interpolate((x + 1) / 2, size=(size, size), mode="bicubic", antialias=True,
+                                       align_corners=False)
+    return x.clamp(0, 1) * 2 - 1
+
+
 def pipeline_predictor(pipe, num_inference_steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
                        eta: float = 0.0, num_samples: int = 1) -> Predictor:
     """A :data:`Predictor` around ``Zero123Pipeline``: samples one view per call with a generator re-seeded from
@@ -262,18 +282,24 @@ def pipeline_predictor(pipe, num_inference_steps: int = 50, guidance_scale: floa
     def predict(image, d_elev, d_azim, d_radius, input_elev):
         g = torch.Generator(device="cpu").manual_seed(int(seed) * 1_000_003 + counter["n"])
         counter["n"] += 1
-        size = pipe.model.image_size
-        x = image
-        if x.shape[-1] != size:
-            x = torch.nn.functional.interpolate(((x + 1) / 2), size=(size, size), mode="bicubic", antialias=True,
-                                                align_corners=False).clamp(0, 1) * 2 - 1
+        x = _resize(image, pipe.model.image_size)
         out = pipe(x, elevations=[float(d_elev)] * k, azimuths=[float(d_azim)] * k, radii=[float(d_radius)] * k,
                    input_elevation=float(input_elev), num_inference_steps=num_inference_steps,
                    guidance_scale=guidance_scale, eta=eta, generator=g, output_type="pt", progress=False)
         y = out.images.float().cpu().mean(0, keepdim=True)  # [1,3,S,S] in [0,1]
-        if y.shape[-1] != image.shape[-1]:
-            y = torch.nn.functional.interpolate(y, size=tuple(image.shape[-2:]), mode="bicubic", antialias=True,
-                                                align_corners=False).clamp(0, 1)
-        return y * 2 - 1
+        return _resize(y * 2 - 1, image.shape[-1])
 
     return predict
+
+
+def vae_roundtrip(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``image [1,3,S,S] in [-1,1] -> decode(encode(image))`` with ``model``'s VAE (posterior mean, at the
+    model's image size, back to S): what the decoder makes of a perfect latent."""
+
+    @torch.no_grad()
+    def autoencode(image: torch.Tensor) -> torch.Tensor:
+        x = _resize(image, model.image_size).to(model.device)
+        y = model.decode_latents(model.encode_latents(x, sample=False)).float().cpu().clamp(-1, 1)
+        return _resize(y, image.shape[-1])
+
+    return autoencode
