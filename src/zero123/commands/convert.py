@@ -11,6 +11,9 @@ def add_parser(sub, name, summary):
                    help="camera conditioning to record (default: detected from the file name)")
     p.add_argument("--no-ema", action="store_true", help="convert the plain weights even if EMA weights exist")
     p.add_argument("--half", action="store_true", help="store fp16 weights (half the size)")
+    p.add_argument("--int8", action="store_true",
+                   help="also store the UNet's large weights as int8 with per-channel scales (about half its fp16 "
+                        "size; loads with zero123, not with diffusers' from_pretrained)")
     return p
 
 
@@ -18,7 +21,7 @@ def run(args) -> int:
     from ..loading import load_model, save_pretrained
 
     model, report = load_model(args.input, variant=args.variant, use_ema=not args.no_ema, return_report=True)
-    save_pretrained(model, args.output, half=args.half)
+    save_pretrained(model, args.output, half=args.half, int8_unet=args.int8)
     print(f"converted {report.source} ({report.variant}, {'EMA' if report.uses_ema else 'plain'} weights, "
           f"{len(report.ignored)} keys ignored) -> {args.output}")
     return 0

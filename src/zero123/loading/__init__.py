@@ -22,6 +22,7 @@ from ..errors import CheckpointError
 from ..models.configs import Zero123Config
 from .ldm_checkpoint import (config_from_ldm, convert_openai_clip_visual, convert_unet, convert_vae, detect_variant,
                              read_sidecar, split_ldm_state_dict)
+from .int8_weights import dequantize_state_dict, quantize_state_dict
 from .safe_io import read_checkpoint_file, read_state_dict
 
 __all__ = ["load_model", "load_ldm_checkpoint", "load_diffusers_folder", "save_pretrained", "bundled_model_path",
@@ -137,7 +138,8 @@ def load_diffusers_folder(folder, variant=None, dtype=None, device=None):
     """A diffusers-format folder (``unet/``, ``vae/``, ``image_encoder/``, ``cc_projection/``, ...) ->
     ``(Zero123Model, LoadReport)``. Also reads the published zero123 diffusers layout, whose ``cc_projection``
     config says ``in_channel``/``out_channel``; such folders carry no variant, so it defaults to ``zero123``.
-    Every weight file is read safely (safetensors, or ``.bin`` with ``weights_only=True``)."""
+    Every weight file is read safely (safetensors, or ``.bin`` with ``weights_only=True``); int8-stored weights
+    (``zero123.loading.int8_weights``) are dequantized."""
     folder = Path(folder)
     for part in COMPONENTS:
         if not (folder / part).is_dir():
@@ -157,8 +159,9 @@ def load_diffusers_folder(folder, variant=None, dtype=None, device=None):
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{folder}: component configs do not describe a Zero123 model ({exc})") from None
     for part, module in (("unet", model.unet), ("vae", model.vae), ("image_encoder", model.image_encoder)):
-        _assign_weights(module, read_state_dict(_weights_file(folder / part)), part, str(folder))
-    cc = read_state_dict(_weights_file(folder / "cc_projection"))
+        _assign_weights(module, dequantize_state_dict(read_state_dict(_weights_file(folder / part))), part,
+                        str(folder))
+    cc = dequantize_state_dict(read_state_dict(_weights_file(folder / "cc_projection")))
     _assign_weights(model.camera_projection, cc, "cc_projection", str(folder))
     if model.unet.config.in_channels != 2 * model.vae.config.latent_channels:
         raise CheckpointError(f"{folder}: UNet takes {model.unet.config.in_channels} channels; a Zero123 UNet takes "
@@ -195,12 +198,16 @@ def load_model(path=None, variant=None, dtype=None, device=None, use_ema: bool =
     return (model, report) if return_report else model
 
 
-def save_pretrained(model, folder, half: bool = False) -> Path:
+def save_pretrained(model, folder, half: bool = False, int8_unet: bool = False) -> Path:
     """Write ``model`` as a diffusers-format folder with safetensors (``half=True`` stores fp16).
 
+    ``int8_unet=True`` stores the UNet's large weights as int8 with per-channel scales
+    (``zero123.loading.int8_weights``; its other tensors in fp16, or fp32 without ``half``): about half the UNet's
+    fp16 bytes. Such a folder loads with ``zero123`` (``load_model``), not with diffusers' ``from_pretrained``.
     Written into a temporary sibling folder first, then renamed, so a crash never leaves a half-written model.
     """
     from diffusers import __version__ as diffusers_version
+    from safetensors.torch import save_file
     from transformers import CLIPImageProcessor
 
     from ..schedulers import make_ddim_scheduler
@@ -212,6 +219,11 @@ def save_pretrained(model, folder, half: bool = False) -> Path:
         dtype = torch.float16 if half else None
         for name in COMPONENTS:
             module = getattr(model, "camera_projection" if name == "cc_projection" else name)
+            if name == "unet" and int8_unet:
+                module.save_config(tmp / name)
+                save_file(quantize_state_dict(module.state_dict(), float_dtype=dtype),
+                          str(tmp / name / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+                continue
             if dtype is not None:
                 module = _half_copy(module)
             module.save_pretrained(tmp / name, safe_serialization=True)
