@@ -20,9 +20,9 @@ import torch
 from ..camera import ConditioningVariant
 from ..errors import CheckpointError
 from ..models.configs import Zero123Config
+from .int8_weights import dequantize_state_dict, quantize_state_dict
 from .ldm_checkpoint import (config_from_ldm, convert_openai_clip_visual, convert_unet, convert_vae, detect_variant,
                              read_sidecar, split_ldm_state_dict)
-from .int8_weights import dequantize_state_dict, quantize_state_dict
 from .safe_io import read_checkpoint_file, read_state_dict
 
 __all__ = ["load_model", "load_ldm_checkpoint", "load_diffusers_folder", "save_pretrained", "bundled_model_path",
