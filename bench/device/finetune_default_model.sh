@@ -66,18 +66,10 @@ pack() {
    tar cf "$OUT/logs.tar" --exclude='checkpoints' "$RUN"/log.jsonl "$RUN"/config.yaml "$RUN"/samples \
      "$VAE_RUN"/log.jsonl "$VAE_RUN"/config.yaml "$VAE_RUN"/samples 2>/dev/null)
 }
-[ "$RENDER_ONLY" = 1 ] || trap pack EXIT
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 sha256sum "$INIT"/unet/*.safetensors
 SECONDS=0
-mkdir -p "$WORK" && rm -rf "${WORK:?}/$MODEL" "${WORK:?}/$VAE_RUN"
-RESUME_ARG=""
-if [ "$RESUME" = 1 ] && [ -d "$WORK/$RUN/checkpoints" ]; then
-  RESUME_ARG="--resume latest"
-elif [ "$RENDER_ONLY" != 1 ]; then
-  [ "$RESUME" = 1 ] && echo "RESUME=1 but no run in $WORK/$RUN (a fresh machine?): starting a new run from $INIT"
-  rm -rf "${WORK:?}/$RUN"
-fi
+mkdir -p "$WORK"
 if [ "$BENCH" = 1 ]; then
   for b in ${BENCH_BATCHES:-128 $BATCH}; do
     python3 bench/bench_train.py --models small --batch-size "$b" --steps 10 --warmup 3 --num-workers 2 \
@@ -112,6 +104,17 @@ if [ "$EXTRA_OBJECTS" != 0 ]; then
 fi
 echo "renders ready at ${SECONDS}s"
 [ "$RENDER_ONLY" = 1 ] && exit 0
+# this run's outputs start here (after the renders, so that a RENDER_ONLY call leaves every run's files alone);
+# from now on whatever the run leaves is packed into $OUT, however it ends
+rm -rf "${WORK:?}/$MODEL" "${WORK:?}/$VAE_RUN"
+trap pack EXIT
+RESUME_ARG=""
+if [ "$RESUME" = 1 ] && [ -d "$WORK/$RUN/checkpoints" ]; then
+  RESUME_ARG="--resume latest"
+else
+  [ "$RESUME" = 1 ] && echo "RESUME=1 but no run in $WORK/$RUN (a fresh machine?): starting a new run from $INIT"
+  rm -rf "${WORK:?}/$RUN"
+fi
 vae_from=null
 if [ "$VAE_MINUTES" != 0 ]; then
   # shellcheck disable=SC2086
