@@ -6,7 +6,8 @@
 #   VARIANTS="snr5:objective.snr_gamma=5 snr1:objective.snr_gamma=1" BATCH=1024 EXTRA_OBJECTS=6000 DEADLINE=560 \
 #     EVAL=0 EXTRA="max_steps=4400 optim.decay=cosine optim.lr=2e-4 ..." bash bench/device/finetune_variants.sh
 #   RESUME=1 (the same) bash bench/device/finetune_variants.sh          # next call on the warm machine
-# VARIANTS: space-separated NAME:OVERRIDES, the overrides of one variant joined by commas (no spaces).
+# VARIANTS: space-separated NAME:OVERRIDES, the overrides of one variant joined by commas (no spaces), or by
+# semicolons when a value holds a comma (a YAML list: "d2a0:model.grow_unet.attention_levels=[0,1,2];optim.lr=1e-4").
 # Everything else in the environment (DEADLINE, RESUME, BATCH, EXTRA_OBJECTS, EVAL, ...) goes to every run;
 # DEADLINE counts from this script's start. Each variant's files come back under $OUT/NAME/ (model.tar.part-*,
 # logs.tar, train.log); its console lines are prefixed with [NAME].
@@ -22,9 +23,10 @@ for v in $VARIANTS; do
   name=${v%%:*}
   overrides=${v#*:}
   [ "$overrides" = "$v" ] && overrides=''
+  if [[ $overrides == *";"* ]]; then overrides=${overrides//;/ }; else overrides=${overrides//,/ }; fi
   deadline=${DEADLINE:+$((DEADLINE - SECONDS))}
   # shellcheck disable=SC2097,SC2098
-  CUDA_VISIBLE_DEVICES=$gpu TAG=$name DEADLINE=$deadline EXTRA="${EXTRA:-} ${overrides//,/ }" \
+  CUDA_VISIBLE_DEVICES=$gpu TAG=$name DEADLINE=$deadline EXTRA="${EXTRA:-} $overrides" \
     bash bench/device/finetune_default_model.sh 2>&1 | sed -u "s/^/[$name] /" &
   pids+=($!)
   gpu=$((gpu + 1))

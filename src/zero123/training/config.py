@@ -70,6 +70,9 @@ class ModelConfig:
     unet: dict = field(default_factory=dict)
     vae: dict = field(default_factory=dict)
     clip: dict = field(default_factory=dict)
+    #: with ``init_from``: grow the loaded UNet before training, keeping its function (``zero123.models.growth``):
+    #: ``{transformer_depth: 3}`` (transformer layers per attention block), ``{attention_levels: [0, 1, 2]}``.
+    grow_unet: dict = field(default_factory=dict)
     #: a diffusers ``AutoencoderKL`` folder (e.g. the output of a ``stage: vae`` run) replacing the model's VAE.
     vae_from: str | None = None
     #: a transformers ``CLIPVisionModelWithProjection`` folder replacing the image encoder.
@@ -87,6 +90,9 @@ class ModelConfig:
     #: frozen encoders run in the mixed-precision dtype (``auto``) or in fp32 (``fp32``).
     frozen_dtype: str = "auto"
 
+
+#: the keys of ``ModelConfig.grow_unet`` (keyword arguments of ``zero123.models.growth.grow_unet``)
+GROW_UNET_KEYS = {"transformer_depth", "attention_levels"}
 
 #: lr schedules after the warm-up (``OptimConfig.decay``; ``zero123.training.trainer.decay_factor``)
 LR_DECAYS = ("constant", "cosine", "linear")
@@ -218,6 +224,21 @@ class TrainConfig:
         if self.model.init_from and (self.model.preset or self.model.unet):
             raise Zero123Error("model.init_from and model.preset/model.unet are exclusive: "
                                "fine-tune a checkpoint or build one from sizes, not both")
+        if self.model.grow_unet:
+            if not self.model.init_from:
+                raise Zero123Error("model.grow_unet grows a loaded UNet: it needs model.init_from")
+            unknown = set(self.model.grow_unet) - GROW_UNET_KEYS
+            if unknown:
+                raise Zero123Error(f"model.grow_unet: unknown key(s) {', '.join(sorted(unknown))} "
+                                   f"(known: {', '.join(sorted(GROW_UNET_KEYS))})")
+            depth = self.model.grow_unet.get("transformer_depth")
+            if depth is not None and (not isinstance(depth, int) or depth < 1):
+                raise Zero123Error(f"model.grow_unet.transformer_depth must be an integer >= 1, got {depth!r}")
+            levels = self.model.grow_unet.get("attention_levels")
+            if levels is not None and (not isinstance(levels, (list, tuple))
+                                       or not all(isinstance(i, int) and i >= 0 for i in levels)):
+                raise Zero123Error(f"model.grow_unet.attention_levels must be a list of level indices (0 = full "
+                                   f"resolution), got {levels!r}")
         if self.model.preset and (self.model.unet or self.model.vae or self.model.clip):
             raise Zero123Error("model.preset and explicit model.unet/vae/clip sizes are exclusive")
         if self.model.frozen_dtype not in ("auto", "fp32"):

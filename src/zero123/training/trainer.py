@@ -302,7 +302,8 @@ def build_model(cfg: ModelConfig, image_size: int | None = None, seed: int | Non
 
     ``init_from``: ``zero123.loading.load_model`` (EMA weights of an LDM checkpoint when present). Otherwise random
     weights of ``sizes_config(cfg)`` with the camera projection identity-initialised (``CameraProjection
-    .identity_init``: identity on the CLIP part, zero on T and bias, as Zero123 starts). ``vae_from`` /
+    .identity_init``: identity on the CLIP part, zero on T and bias, as Zero123 starts). ``grow_unet``: the loaded
+    UNet grown with ``zero123.models.growth.grow_unet`` (the same function, more weights). ``vae_from`` /
     ``clip_from`` then replace the VAE / image encoder. ``device``: where random weights are initialised
     (a GPU initialises the 1.2 B full-size weights much faster than the CPU); loaded weights stay on the CPU.
     """
@@ -311,6 +312,10 @@ def build_model(cfg: ModelConfig, image_size: int | None = None, seed: int | Non
 
         model = load_model(cfg.init_from, variant=cfg.variant)
         model = model.float()
+        if cfg.grow_unet:
+            from ..models.growth import grow_unet
+
+            model.unet = grow_unet(model.unet, seed=seed, **cfg.grow_unet)
     else:
         sizes = sizes_config(cfg, image_size)
         with torch.device(device or "cpu"):
