@@ -291,6 +291,7 @@ def test_cli_eval_baselines_and_checkpoint(dataset, tmp_path, capsys, fixtures_d
     assert "tiny_zero123_ldm.ckpt" in text and "LPIPS skipped" in text
     data = json.loads(out.read_text())
     assert data["settings"]["image_size"] == 32 and data["settings"]["steps"] == 2
+    assert data["settings"]["noise_scale"] == 1.0  # an LDM checkpoint: standard sampling
     # vae_target: each target encoded (posterior mean) and decoded by the checkpoint's own VAE
     from zero123.loading import load_ldm_checkpoint
 
@@ -303,12 +304,15 @@ def test_cli_eval_baselines_and_checkpoint(dataset, tmp_path, capsys, fixtures_d
     assert row["vae_target"]["psnr"] == pytest.approx(psnr((rec + 1) / 2, (y + 1) / 2).item(), abs=1e-4)
     rc = main(["eval", "--data", str(dataset), "--checkpoint", str(fixtures_dir / "tiny_zero123_ldm.ckpt"),
                "--steps", "2", "--samples", "2", "--pairs-per-object", "1", "--max-objects", "1", "--quiet",
-               "--device", "cpu", "--out", str(out)])
+               "--device", "cpu", "--noise-scale", "0.25", "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0 and "tiny_zero123_ldm.ckpt (mean of 2 samples)" in text
     assert len({line.index("±") for line in text.splitlines() if "±" in line}) == 1  # columns stay aligned
     data = json.loads(out.read_text())
     assert data["settings"]["samples_per_view"] == 2 and "tiny_zero123_ldm.ckpt (mean of 2 samples)" in data["methods"]
+    assert data["settings"]["noise_scale"] == 0.25
+    rc = main(["eval", "--data", str(dataset), "--noise-scale", "2", "--device", "cpu"])
+    assert rc == 2 and "noise scale must be in [0, 1]" in capsys.readouterr().err
     rc = main(["eval", "--data", str(dataset), "--samples", "0", "--device", "cpu"])
     assert rc == 2 and "--samples must be >= 1" in capsys.readouterr().err
     rc = main(["eval", "--data", str(tmp_path / "missing"), "--baselines-only"])

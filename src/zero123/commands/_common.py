@@ -21,6 +21,17 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="weights/compute precision (default: fp16 on CUDA, fp32 on CPU)")
 
 
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """DDIM sampling options shared by ``views`` and ``eval``."""
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3.0)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic; zero123's demo uses 1)")
+    p.add_argument("--noise-scale", type=float, default=None, metavar="TAU",
+                   help="start noise ~ N(0, TAU^2), TAU in [0, 1]: below 1, views nearer the model's most likely "
+                        "one, with less texture detail (default: the model folder's sampling.json, else 1; the "
+                        "bundled model's is 0.5)")
+
+
 def resolve_device_dtype(args):
     import torch
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_model_options, resolve_device_dtype
+from ._common import add_model_options, add_sampling_options, resolve_device_dtype
 
 EPILOG = """examples:
   zero123 eval --data data/proc --out eval.json                       # the bundled model
@@ -28,9 +28,7 @@ def add_parser(sub, name, summary):
     p.add_argument("--pairs-per-object", type=int, default=4, help="(input, target) pairs per object (default 4)")
     p.add_argument("--max-objects", type=int, default=None, metavar="N", help="evaluate only the first N objects")
     p.add_argument("--out", "-o", default=None, metavar="JSON", help="write the results here (default: print only)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    p.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3.0)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
+    add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed for the pairs and the sampling noise")
     p.add_argument("--samples", type=int, default=1, metavar="K",
                    help="score the pixel mean of K samples per view: the model's expected view (higher PSNR, "
@@ -50,11 +48,14 @@ def run(args) -> int:
     from ..errors import Zero123Error
     from ..evaluation.metrics import load_lpips
     from ..evaluation.runner import evaluate, pipeline_predictor, select_pairs, vae_roundtrip
+    from ..pipelines.zero123_pipeline import check_noise_scale
 
     if args.steps < 2:
         raise Zero123Error(f"--steps must be >= 2, got {args.steps}")
     if args.samples < 1:
         raise Zero123Error(f"--samples must be >= 1, got {args.samples}")
+    if args.noise_scale is not None:
+        check_noise_scale(args.noise_scale)
     manifest = layout.read_manifest(args.data)
     pairs = select_pairs(args.data, args.split, args.pairs_per_object, args.seed, args.max_objects, manifest)
     lpips = load_lpips(args.lpips_weights) if args.lpips_weights else None
@@ -69,13 +70,16 @@ def run(args) -> int:
             if ckpt is None or Path(ckpt).is_dir() else \
             Zero123Pipeline.from_single_file(ckpt, variant=args.variant, dtype=dtype, device=device)
         size = args.image_size or pipe.model.image_size
+        if args.noise_scale is not None:
+            pipe.noise_scale = args.noise_scale
         predict = pipeline_predictor(pipe, args.steps, args.guidance_scale, args.seed, args.eta, args.samples)
         autoencode = vae_roundtrip(pipe.model)
         name = Path(ckpt).name if ckpt else "bundled"
         if args.samples > 1:
             name += f" (mean of {args.samples} samples)"
         settings = {"checkpoint": ckpt or "bundled", "variant": pipe.model.variant.value, "steps": args.steps,
-                    "guidance_scale": args.guidance_scale, "eta": args.eta, "samples_per_view": args.samples,
+                    "guidance_scale": args.guidance_scale, "eta": args.eta, "noise_scale": pipe.noise_scale,
+                    "samples_per_view": args.samples,
                     "device": str(device), "dtype": dtype}
         if lpips is not None:
             lpips.to(device)

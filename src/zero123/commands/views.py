@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import add_model_options, atomic_save_image, image_grid, resolve_device_dtype
+from ._common import add_model_options, add_sampling_options, atomic_save_image, image_grid, resolve_device_dtype
 
 EPILOG = """examples:
   zero123 views mug.png --azimuth 90 180 270 --out views/
@@ -29,9 +29,7 @@ def add_parser(sub, name, summary):
     p.add_argument("--input-elevation", type=float, default=None, metavar="DEG",
                    help="elevation of the input photo (Stable Zero123 uses it; default 5 for stable_zero123)")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    p.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3.0)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic; zero123's demo uses 1)")
+    add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true",
                    help="GPU fast path: compiled UNet + one CUDA graph per sampling loop (first call ~1 min)")
@@ -54,10 +52,11 @@ def _broadcast(values, n, name):
 def run(args) -> int:
     import torch
 
-    from ..pipelines.zero123_pipeline import Zero123Pipeline
+    from ..pipelines.zero123_pipeline import Zero123Pipeline, check_noise_scale
     from ..preprocessing import load_image
 
     load_image(args.image)  # fail fast on a bad image before loading the model
+    tau = None if args.noise_scale is None else check_noise_scale(args.noise_scale)
     device, dtype = resolve_device_dtype(args)
     n = max(len(args.azimuth), len(args.elevation), len(args.radius))
     elevations = _broadcast(args.elevation, n, "elevation")
@@ -67,6 +66,8 @@ def run(args) -> int:
         if args.checkpoint is None or Path(args.checkpoint).is_dir() else \
         Zero123Pipeline.from_single_file(args.checkpoint, variant=args.variant, dtype=dtype, device=device)
     pipe.camera_batch(elevations, azimuths, radii, args.input_elevation)  # validate cameras before sampling
+    if tau is not None:
+        pipe.noise_scale = tau
     if args.fast:
         pipe.enable_fast_path()
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
@@ -81,6 +82,7 @@ def run(args) -> int:
     atomic_save_image(image_grid([out.input_image.rgb] + out.images), out_dir / "grid.png")
     meta = {"checkpoint": args.checkpoint or "bundled", "variant": pipe.model.variant.value, "seed": args.seed,
             "steps": args.steps, "guidance_scale": args.guidance_scale, "eta": args.eta,
+            "noise_scale": pipe.noise_scale,
             "views": [{"file": f"view_{i:02d}.png", "delta_elevation": e, "delta_azimuth": a, "delta_radius": r}
                       for i, (e, a, r) in enumerate(zip(elevations, azimuths, radii))]}
     (out_dir / "views.json").write_text(json.dumps(meta, indent=2) + "\n")

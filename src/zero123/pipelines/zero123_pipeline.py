@@ -7,12 +7,19 @@
 Camera changes are relative to the input view: ``elevations`` / ``azimuths`` in degrees, ``radii`` in world units
 (see ``zero123.camera``). Sampling is DDIM with classifier-free guidance exactly as zero123's ``DDIMSampler`` runs it
 (``num_inference_steps=S`` visits ``S-1`` timesteps, see ``zero123.schedulers.ldm_ddim_timesteps``).
+
+``noise_scale`` (tau, in [0, 1]) draws the start noise from ``N(0, tau^2 I)`` instead of ``N(0, I)``: low-temperature
+sampling, which trades sample diversity (and fine texture) for views nearer the model's most likely one. 1 is the
+standard sampler, and the default for every checkpoint except where its folder's ``sampling.json`` recommends
+another value (the bundled model's does: see its model card).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -26,6 +33,33 @@ from ..schedulers import DDIMSampler
 #: Camera-change bounds accepted by the pipeline (Zero123 was trained on radius 1.5 .. 2.2).
 MAX_ABS_DELTA_RADIUS = 1.0
 STABLE_ZERO123_DEFAULT_INPUT_ELEVATION = 5.0
+#: a model folder's recommended sampling settings (optional; read by ``Zero123Pipeline.from_pretrained``)
+SAMPLING_FILE = "sampling.json"
+
+
+def check_noise_scale(value) -> float:
+    """``value`` as a float in [0, 1] (the start-noise scale tau), else a ``Zero123Error``."""
+    try:
+        tau = float(value)
+    except (TypeError, ValueError):
+        raise Zero123Error(f"noise scale must be a number in [0, 1], got {value!r}") from None
+    if not (math.isfinite(tau) and 0.0 <= tau <= 1.0):
+        raise Zero123Error(f"noise scale must be in [0, 1] (1 = standard sampling), got {value!r}")
+    return tau
+
+
+def read_sampling_defaults(folder) -> dict:
+    """The ``sampling.json`` of a model folder as ``{"noise_scale": tau}``; ``{}`` when the folder has none."""
+    path = Path(folder) / SAMPLING_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise Zero123Error(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or set(data) - {"noise_scale"}:
+        raise Zero123Error(f"{path}: expected {{\"noise_scale\": tau}}, got {data!r}")
+    return {"noise_scale": check_noise_scale(data["noise_scale"])} if "noise_scale" in data else {}
 
 
 @dataclass
@@ -41,8 +75,10 @@ class Zero123PipelineOutput:
 class Zero123Pipeline:
     """Zero123-family novel-view sampler around a ``Zero123Model``."""
 
-    def __init__(self, model):
+    def __init__(self, model, noise_scale: float = 1.0):
         self.model = model
+        #: the start-noise scale used when a call gives none (see the module docstring)
+        self.noise_scale = check_noise_scale(noise_scale)
         self._graphed = None  # optional CUDA-graph sampler, see enable_cuda_graph()
 
     # ----- construction ------------------------------------------------------------------------------------
@@ -59,15 +95,21 @@ class Zero123Pipeline:
 
     @classmethod
     def from_pretrained(cls, folder=None, variant=None, dtype=None, device=None):
-        """A diffusers-format folder; ``None`` loads the model bundled with the package."""
-        from ..loading import load_model
+        """A diffusers-format folder; ``None`` loads the model bundled with the package. The folder's
+        ``sampling.json`` (if any) sets the default ``noise_scale``."""
+        from ..loading import bundled_model_path, load_model
 
-        return cls(load_model(folder, variant=variant, dtype=dtype, device=device))
+        model = load_model(folder, variant=variant, dtype=dtype, device=device)
+        return cls(model, **read_sampling_defaults(bundled_model_path() if folder is None else folder))
 
     def save_pretrained(self, folder, half: bool = False):
+        """The model as a diffusers-format folder, plus ``sampling.json`` when ``noise_scale`` is not 1."""
         from ..loading import save_pretrained
 
-        return save_pretrained(self.model, folder, half=half)
+        out = save_pretrained(self.model, folder, half=half)
+        if self.noise_scale != 1.0:
+            (Path(folder) / SAMPLING_FILE).write_text(json.dumps({"noise_scale": self.noise_scale}) + "\n")
+        return out
 
     def to(self, device=None, dtype=None) -> "Zero123Pipeline":
         self.model.to(device=device, dtype=dtype)
@@ -135,14 +177,16 @@ class Zero123Pipeline:
                  input_elevation: float | None = None, num_inference_steps: int = 50, guidance_scale: float = 3.0,
                  eta: float = 0.0, generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
                  output_type: str = "pil", batch_size: int = 8, matting=None, recentre: bool = True,
-                 progress: bool = True) -> Zero123PipelineOutput:
+                 progress: bool = True, noise_scale: float | None = None) -> Zero123PipelineOutput:
         """Sample one view per (elevation, azimuth, radius) change of ``image``.
 
         ``image``: path, PIL image, or a tensor ``[1,3,H,W]`` in [-1,1] already at the model's size (used as is).
-        ``latents``: optional start noise ``[N,4,h,w]``. ``batch_size`` views are sampled together.
+        ``latents``: optional start noise ``[N,4,h,w]`` (used as given). ``batch_size`` views are sampled together.
+        ``noise_scale``: tau in [0, 1] for drawn start noise; ``None``: the pipeline's ``noise_scale``.
         """
         if output_type not in ("pil", "pt"):
             raise Zero123Error(f"output_type must be 'pil' or 'pt', got {output_type!r}")
+        noise_scale = self.noise_scale if noise_scale is None else check_noise_scale(noise_scale)
         camera = self.camera_batch(elevations, azimuths, radii, input_elevation)
         prepared = None
         if isinstance(image, torch.Tensor):
@@ -161,7 +205,8 @@ class Zero123Pipeline:
             sl = slice(start, min(n, start + batch_size))
             x_t = None if latents is None else latents[sl]
             out = self.sample(None, camera[sl], num_inference_steps, guidance_scale, eta, generator, x_t,
-                              clip_embedding=clip_emb, concat_latent=concat, progress_bar=bar)
+                              clip_embedding=clip_emb, concat_latent=concat, progress_bar=bar,
+                              noise_scale=noise_scale)
             all_latents.append(out)
             results.append(((self.model.decode_latents(out).float() + 1) / 2).clamp(0, 1))
         bar.close()
@@ -173,15 +218,17 @@ class Zero123Pipeline:
     def sample(self, images: torch.Tensor | None, camera: torch.Tensor, num_inference_steps: int = 50,
                guidance_scale: float = 3.0, eta: float = 0.0, generator: torch.Generator | None = None,
                latents: torch.Tensor | None = None, clip_embedding=None, concat_latent=None,
-               progress_bar=None) -> torch.Tensor:
+               progress_bar=None, noise_scale: float = 1.0) -> torch.Tensor:
         """The denoising loop: scaled latents ``[N,4,h,w]`` for camera ``[N,4]`` and input ``images`` ``[1|N,3,H,W]``
-        (or precomputed ``clip_embedding`` / ``concat_latent``). Start noise ``latents`` or drawn from ``generator``."""
+        (or precomputed ``clip_embedding`` / ``concat_latent``). Start noise ``latents`` (as given) or drawn from
+        ``generator`` and multiplied by ``noise_scale``."""
         model = self.model
         token, concat = model.conditioning(images, camera.to(self.device), clip_embedding, concat_latent)
         n, h = camera.shape[0], model.unet.config.sample_size
         shape = (n, model.latent_channels, h, h)
         if latents is None:
             latents = torch.randn(shape, generator=generator, device=_gen_device(generator, self.device))
+            latents = latents * check_noise_scale(noise_scale)
         elif tuple(latents.shape) != shape:
             raise Zero123Error(f"latents have shape {tuple(latents.shape)}, expected {shape}")
         x = latents.to(self.device, torch.float32)
