@@ -154,6 +154,33 @@ def test_vae_decoder_only_keeps_the_encoder_and_the_latent_scale(data_root, tmp_
         config_from_dict(_base(data_root, tmp_path / "c", model={"preset": "tiny", "vae_decoder_only": True}))
 
 
+def test_resume_is_refused_on_another_frozen_vae(data_root, tmp_path):
+    """A diffusion checkpoint records its frozen VAE (weights and scaling factor): resuming it on another VAE, whose
+    latents the UNet was not trained on (and whose latent cache would be rebuilt from other weights), is refused."""
+    from zero123.training.config import ModelConfig
+    from zero123.training.trainer import build_vae, export_vae, vae_fingerprint
+
+    vae = build_vae(ModelConfig(preset="tiny"), 32, seed=0)
+    export_vae(vae, tmp_path / "vae_a")
+    vae.register_to_config(scaling_factor=vae.config.scaling_factor * 2)
+    export_vae(vae, tmp_path / "vae_scaled")  # same weights, other scale
+    export_vae(build_vae(ModelConfig(preset="tiny"), 32, seed=1), tmp_path / "vae_b")
+
+    def run(vae_dir, steps, resume=None):
+        cfg = _base(data_root, tmp_path / "run", max_steps=steps, checkpoint_every=1, ema={"enabled": False},
+                    model={"preset": "tiny", "vae_from": str(tmp_path / vae_dir)},
+                    data={"root": str(data_root), "num_workers": 0, "cache_latents": True})
+        return _trainer(**cfg).train(resume=resume)
+
+    first = run("vae_a", 1)
+    state = json.loads((first.checkpoint / "trainer_state.json").read_text())
+    assert state["vae_sha256"] == vae_fingerprint(build_vae(ModelConfig(preset="tiny", vae_from=str(tmp_path / "vae_a"))))
+    for other in ("vae_b", "vae_scaled"):
+        with pytest.raises(Zero123Error, match="another VAE"):
+            run(other, 2, resume="latest")
+    assert run("vae_a", 2, resume="latest").step == 2
+
+
 def test_cache_latents_trains_exactly_as_the_live_vae_pass(data_root, tmp_path):
     kw = dict(max_steps=3, batch_size=3, optim={"warmup_steps": 0, "lr": 1e-3}, ema={"enabled": True, "decay": 0.9})
     live = _trainer(**_base(data_root, tmp_path / "live", **kw))

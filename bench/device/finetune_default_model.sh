@@ -15,8 +15,10 @@
 # NPROC=N trains on N GPUs of the host with `accelerate launch --multi_gpu` (BATCH is per GPU: global batch N x BATCH).
 # DEADLINE=S (seconds since this script started): the diffusion stage gets the minutes left before S, less a margin
 # for its set-up, conversion and packing (instead of MINUTES), so that a call shares its time with other work.
-# VAE_MINUTES>0 first continues INIT's VAE (configs/small_vae.yaml from model.vae_from=INIT/vae, batch VAE_BATCH)
-# and then trains the diffusion stage on the new VAE's latents (its scaling factor re-estimated).
+# VAE_MINUTES>0 first continues INIT's VAE (configs/small_vae.yaml from model.vae_from=INIT/vae, batch VAE_BATCH, on
+# one GPU, on the same training views as the diffusion stage) and then trains the diffusion stage on the new VAE's
+# latents (its scaling factor re-estimated). A RESUME=1 call keeps that VAE ($WORK/vae/final) for the resumed
+# diffusion run: its checkpoint and latent cache are that VAE's.
 # EXTRA_OBJECTS=N adds N more procedural objects as training data: rendered with --seed $EXTRA_SEED (default 1:
 # other objects than seed 0's) --test-fraction 0 (all train) and merged with the seed-0 render
 # (`zero123 merge-datasets`), so the seed-0 render's val/test objects stay held out and the evaluation unchanged.
@@ -106,19 +108,21 @@ echo "renders ready at ${SECONDS}s"
 [ "$RENDER_ONLY" = 1 ] && exit 0
 # this run's outputs start here (after the renders, so that a RENDER_ONLY call leaves every run's files alone);
 # from now on whatever the run leaves is packed into $OUT, however it ends
-rm -rf "${WORK:?}/$MODEL" "${WORK:?}/$VAE_RUN"
+rm -rf "${WORK:?}/$MODEL"
 trap pack EXIT
 RESUME_ARG=""
+vae_from=null
 if [ "$RESUME" = 1 ] && [ -d "$WORK/$RUN/checkpoints" ]; then
   RESUME_ARG="--resume latest"
+  # the run being resumed was trained on (and cached the latents of) the VAE an earlier call trained, if any
+  [ -d "$WORK/$VAE_RUN/final" ] && vae_from="$WORK/$VAE_RUN/final" && echo "resuming on the VAE in $vae_from"
 else
   [ "$RESUME" = 1 ] && echo "RESUME=1 but no run in $WORK/$RUN (a fresh machine?): starting a new run from $INIT"
-  rm -rf "${WORK:?}/$RUN"
+  rm -rf "${WORK:?}/$RUN" "${WORK:?}/$VAE_RUN"
 fi
-vae_from=null
-if [ "$VAE_MINUTES" != 0 ]; then
+if [ "$VAE_MINUTES" != 0 ] && [ -z "$RESUME_ARG" ]; then
   # shellcheck disable=SC2086
-  $ZERO123 train configs/small_vae.yaml data.root="$WORK/renders" data.num_workers=14 batch_size="$VAE_BATCH" \
+  $ZERO123 train configs/small_vae.yaml data.root="$DATA" data.num_workers=14 batch_size="$VAE_BATCH" \
     model.vae_from="$INIT/vae" 'model.vae={}' optim.warmup_steps=50 --output-dir "$WORK/$VAE_RUN" \
     --max-minutes "$VAE_MINUTES" $EXTRA_VAE 2>&1 | tee "$OUT/train_vae.log" | grep -v 'step/s\]\|s/step\]'
   vae_from="$WORK/$VAE_RUN/final"

@@ -400,6 +400,19 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
+def vae_fingerprint(vae) -> str:
+    """sha256 (hex) of an ``AutoencoderKL``'s weights and ``scaling_factor``: what a diffusion run's latents depend
+    on. A checkpoint records it so that a resume on another VAE is refused instead of silently training the UNet
+    (and, with ``data.cache_latents``, reading cached latents) of one VAE with another."""
+    import hashlib
+
+    h = hashlib.sha256(repr(float(vae.config.scaling_factor)).encode())
+    for name, tensor in sorted(vae.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
 def export_model(model, folder) -> Path:
     """Write a trained ``Zero123Model`` as a diffusers-format folder (``zero123.loading.save_pretrained``)."""
     from ..loading import save_pretrained
@@ -476,6 +489,7 @@ class Trainer:
         self.accelerator = accelerator or make_accelerator(config)
         self.out = Path(config.output_dir)
         self._setup_done = False
+        self._vae_sha256 = None  # diffusion stage with a frozen VAE: vae_fingerprint of it (setup)
 
     # ----- setup -------------------------------------------------------------------------------------------
     @property
@@ -527,6 +541,8 @@ class Trainer:
             model.camera_projection.requires_grad_(True)
             model.image_encoder.requires_grad_(train_enc).train(train_enc)
             model.vae.requires_grad_(not cfg.model.freeze_vae)
+            # the frozen VAE's identity (before any cast), recorded in checkpoints and checked on resume
+            self._vae_sha256 = vae_fingerprint(model.vae) if cfg.model.freeze_vae else None
             if frozen != torch.float32:  # nn.Module.to: diffusers' override warns about an empty fp32 list
                 if not train_enc:
                     nn.Module.to(model.image_encoder, frozen)
@@ -655,6 +671,8 @@ class Trainer:
                      "global_batch": self.global_batch, "num_processes": acc.num_processes,
                      "ema_optimization_step": None if self.ema is None else self.ema.optimization_step,
                      "time": time.time()}
+            if self._vae_sha256 is not None:
+                state["vae_sha256"] = self._vae_sha256
             (tmp / STATE_NAME).write_text(json.dumps(state, indent=1))
             _replace_dir(tmp, final)
             if cfg.checkpoints_total_limit:
@@ -673,6 +691,9 @@ class Trainer:
         if state.get("stage") != self.config.stage:
             raise Zero123Error(f"checkpoint {path} is from a stage {state.get('stage')!r} run, this run is "
                                f"stage {self.config.stage!r}")
+        if None not in (self._vae_sha256, state.get("vae_sha256")) and state["vae_sha256"] != self._vae_sha256:
+            raise Zero123Error(f"checkpoint {path} was trained on another VAE than this run's (model.vae_from / "
+                               "model.init_from): its latents differ; resume with the VAE it was trained on")
         self.accelerator.load_state(str(path))
         if self.ema is not None:
             ema_path = path / EMA_NAME
