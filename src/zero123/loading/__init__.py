@@ -198,12 +198,14 @@ def load_model(path=None, variant=None, dtype=None, device=None, use_ema: bool =
     return (model, report) if return_report else model
 
 
-def save_pretrained(model, folder, half: bool = False, int8_unet: bool = False) -> Path:
+def save_pretrained(model, folder, half: bool = False, int8_unet: bool = False,
+                    extra_files: dict[str, str] | None = None) -> Path:
     """Write ``model`` as a diffusers-format folder with safetensors (``half=True`` stores fp16).
 
     ``int8_unet=True`` stores the UNet's large weights as int8 with per-channel scales
     (``zero123.loading.int8_weights``; its other tensors in fp16, or fp32 without ``half``): about half the UNet's
     fp16 bytes. Such a folder loads with ``zero123`` (``load_model``), not with diffusers' ``from_pretrained``.
+    ``extra_files``: ``{name: text}`` written at the folder's top level too (e.g. the pipeline's ``sampling.json``).
     Written into a temporary sibling folder first, then renamed, so a crash never leaves a half-written model.
     """
     from diffusers import __version__ as diffusers_version
@@ -237,6 +239,8 @@ def save_pretrained(model, folder, half: bool = False, int8_unet: bool = False) 
                  "cc_projection": ["zero123", "CameraProjection"], "scheduler": ["diffusers", "DDIMScheduler"],
                  "feature_extractor": ["transformers", "CLIPImageProcessor"]}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             os.replace(folder, old)

@@ -103,13 +103,12 @@ class Zero123Pipeline:
         return cls(model, **read_sampling_defaults(bundled_model_path() if folder is None else folder))
 
     def save_pretrained(self, folder, half: bool = False):
-        """The model as a diffusers-format folder, plus ``sampling.json`` when ``noise_scale`` is not 1."""
+        """The model as a diffusers-format folder, plus ``sampling.json`` when ``noise_scale`` is not 1 (written with
+        the folder, so it is never there without it)."""
         from ..loading import save_pretrained
 
-        out = save_pretrained(self.model, folder, half=half)
-        if self.noise_scale != 1.0:
-            (Path(folder) / SAMPLING_FILE).write_text(json.dumps({"noise_scale": self.noise_scale}) + "\n")
-        return out
+        extra = {SAMPLING_FILE: json.dumps({"noise_scale": self.noise_scale}) + "\n"} if self.noise_scale != 1.0 else {}
+        return save_pretrained(self.model, folder, half=half, extra_files=extra)
 
     def to(self, device=None, dtype=None) -> "Zero123Pipeline":
         self.model.to(device=device, dtype=dtype)
