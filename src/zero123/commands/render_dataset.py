@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 EPILOG = """examples:
   zero123 render-dataset --out data/proc --procedural 2000 --views 12 --size 256
   zero123 render-dataset --out data/mine --meshes models/ 'scans/**/*.glb' --up y
   zero123 render-dataset --out data/pb --pybullet --pybullet-limit 200 --workers 8   # needs zero123[data]
+  # on N machines (a SLURM array 0..N-1), then one merge; the result equals the whole render:
+  zero123 render-dataset --out data/shard_$K --procedural 800000 --shard $K/$N
+  zero123 merge-datasets --out data/all data/shard_*
 Layout: ROOT/manifest.json, ROOT/<object_id>/000.png (RGBA) + 000.npy (3x4 world-to-camera, see
 zero123.data.layout). Objects are normalised to the unit cube; cameras orbit the origin (z up, degrees).
 Bad meshes are skipped and listed under "skipped" in the manifest."""
@@ -40,6 +45,9 @@ def add_parser(sub, name, summary):
     r.add_argument("--test-fraction", type=float, default=0.1, help="held-out test objects (default 0.1)")
     r.add_argument("--val-fraction", type=float, default=0.0, help="validation objects (default 0)")
     r.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    r.add_argument("--shard", default=None, metavar="K/N",
+                   help="render only shard K of N (0 <= K < N; objects split by a hash of their id; splits as in "
+                        "the whole render); join the N shard folders with `zero123 merge-datasets`")
     r.add_argument("--overwrite", action="store_true", help="replace an existing dataset in ROOT")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -47,13 +55,15 @@ def add_parser(sub, name, summary):
 
 def run(args) -> int:
     from ..data.objects import mesh_file_sources, procedural_sources, pybullet_sources
-    from ..data.render import RenderSettings, render_dataset
+    from ..data.render import RENDER_STATS_NAME, RenderSettings, render_dataset
+    from ..data.shards import Shard
     from ..errors import Zero123Error
 
     if args.procedural < 0:
         raise Zero123Error(f"--procedural must be >= 0, got {args.procedural}")
     if args.workers is not None and args.workers < 1:
         raise Zero123Error(f"--workers must be >= 1, got {args.workers}")
+    shard = Shard.parse(args.shard) if args.shard is not None else None
     sources = procedural_sources(args.procedural, seed=args.seed)
     if args.meshes:
         sources += mesh_file_sources(args.meshes, up=args.up)
@@ -66,10 +76,11 @@ def run(args) -> int:
                               samples=args.samples, seed=args.seed, test_fraction=args.test_fraction,
                               val_fraction=args.val_fraction)
     manifest = render_dataset(sources, args.out, settings, workers=args.workers, progress=not args.quiet,
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, shard=shard)
     counts = {s: len(manifest.objects_in(s)) for s in ("train", "val", "test")}
-    st = manifest.settings
-    print(f"rendered {len(manifest.objects)} objects x {settings.views_per_object} views "
+    st = json.loads((Path(args.out) / RENDER_STATS_NAME).read_text())
+    of = f" (shard {shard} of {len(sources)} objects)" if shard is not None else ""
+    print(f"rendered {len(manifest.objects)} objects{of} x {settings.views_per_object} views "
           f"({counts['train']} train, {counts['val']} val, {counts['test']} test) into {args.out} "
           f"in {st.get('elapsed_s', 0):.1f}s ({st.get('views_per_s', 0):.1f} views/s, {st.get('workers')} workers)")
     if manifest.skipped:

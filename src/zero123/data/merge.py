@@ -8,6 +8,11 @@ ids ``proc_1_*`` differ from seed 0's ``proc_0_*``) merged with the seed-0 rende
 
 The sources must agree on image size and field of view; an object id present in two sources is an error. The
 output is built in a temporary sibling folder and renamed into place, so it is never half-written.
+
+Shards (``render-dataset --shard K/N``, :mod:`zero123.data.shards`): when the sources are shards, they must be
+all N shards of one render (same settings and object list); the merged manifest then lists the objects and
+skipped inputs in the order of the whole render, with its settings, so it EQUALS the manifest an unsharded
+render of the same objects writes (``manifest.json`` byte for byte) and the linked views are its files.
 """
 
 from __future__ import annotations
@@ -20,6 +25,41 @@ from typing import Sequence
 
 from ..errors import Zero123Error
 from . import layout
+from .shards import Shard, check_complete
+
+
+def _shard_of(m: layout.Manifest):
+    sh = m.settings.get("shard")
+    return None if sh is None else Shard(int(sh["index"]), int(sh["count"]))
+
+
+def _merge_shards(sources) -> layout.Manifest:
+    """The manifest of the whole render from the manifests of its shards (see the module docstring)."""
+    shards = [_shard_of(m) for _, m in sources]
+    if None in shards:
+        whole = sources[shards.index(None)][0]
+        part = next(r for (r, _), sh in zip(sources, shards) if sh is not None)
+        raise Zero123Error(f"{part} is a shard (render-dataset --shard) and {whole} is not: merge the shards of "
+                           "a render first, then merge that dataset with others")
+    check_complete(shards, "render")
+    common = {k: v for k, v in sources[0][1].settings.items() if k != "shard"}
+    num_sources = sources[0][1].settings["shard"]["num_sources"]
+    objects, skipped = [], []
+    for root, m in sources:
+        sh = m.settings["shard"]
+        rest = {k: v for k, v in m.settings.items() if k != "shard"}
+        if rest != common or sh["num_sources"] != num_sources:
+            raise Zero123Error(f"{root} (shard {_shard_of(m)}) is a shard of another render: its settings or "
+                               f"object count ({sh['num_sources']}) differ from {sources[0][0]}'s ({num_sources})")
+        if len(sh["object_positions"]) != len(m.objects) or len(sh["skipped_positions"]) != len(m.skipped):
+            raise Zero123Error(f"{root}: manifest of shard {_shard_of(m)} is inconsistent (positions vs entries)")
+        objects += zip(sh["object_positions"], m.objects)
+        skipped += zip(sh["skipped_positions"], m.skipped)
+    first = sources[0][1]
+    return layout.Manifest(image_size=first.image_size, fov_deg=first.fov_deg,
+                           views_per_object=first.views_per_object,
+                           objects=[o for _, o in sorted(objects, key=lambda t: t[0])],
+                           skipped=[s for _, s in sorted(skipped, key=lambda t: t[0])], settings=common)
 
 
 def merge_datasets(out: layout.PathLike, roots: Sequence[layout.PathLike]) -> layout.Manifest:
@@ -31,6 +71,7 @@ def merge_datasets(out: layout.PathLike, roots: Sequence[layout.PathLike]) -> la
         raise Zero123Error(f"{out} already exists: choose a new output folder")
     sources = [(Path(r).resolve(), layout.read_manifest(r)) for r in roots]
     first_root, first = sources[0]
+    sharded = _merge_shards(sources) if any(_shard_of(m) is not None for _, m in sources) else None
     owner: dict[str, Path] = {}
     objects, skipped = [], []
     for root, m in sources:
@@ -43,10 +84,13 @@ def merge_datasets(out: layout.PathLike, roots: Sequence[layout.PathLike]) -> la
             owner[o.id] = root
             objects.append(o)
         skipped += m.skipped
-    manifest = layout.Manifest(image_size=first.image_size, fov_deg=first.fov_deg,
-                               views_per_object=max(m.views_per_object for _, m in sources), objects=objects,
-                               skipped=skipped,
-                               settings={"merged_from": [{"root": str(r), "settings": m.settings} for r, m in sources]})
+    if sharded is not None:
+        manifest = sharded
+    else:
+        manifest = layout.Manifest(image_size=first.image_size, fov_deg=first.fov_deg,
+                                   views_per_object=max(m.views_per_object for _, m in sources), objects=objects,
+                                   skipped=skipped, settings={"merged_from": [{"root": str(r), "settings": m.settings}
+                                                                              for r, m in sources]})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

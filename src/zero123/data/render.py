@@ -14,6 +14,7 @@ Defaults follow Zero123's Blender renders of Objaverse: 256 px, 12 views, 35 mm 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import multiprocessing as mp
 import os
@@ -28,12 +29,17 @@ import torch
 
 from ..camera import camera_to_world
 from ..errors import Zero123Error
-from .layout import (CAMERA_EXT, IMAGE_EXT, MANIFEST_NAME, Manifest, ObjectEntry, SkippedEntry, check_object_id,
-                     write_manifest, write_view)
+from .layout import (CAMERA_EXT, IMAGE_EXT, MANIFEST_NAME, Manifest, ObjectEntry, SkippedEntry, _atomic_write_bytes,
+                     check_object_id, write_manifest, write_view)
 from .objects import ObjectSource
+from .shards import Shard
 
 __all__ = ["RenderSettings", "normalize_to_unit_cube", "sample_cameras", "render_object_views", "render_object",
-           "assign_splits", "render_dataset"]
+           "assign_splits", "render_dataset", "RENDER_STATS_NAME"]
+
+#: Timing of a render (``elapsed_s``, ``views_per_s``, ``workers``, ``shard``), beside ``manifest.json``; kept out
+#: of the manifest so that the manifest depends only on the inputs (a merged set of shards equals a whole render).
+RENDER_STATS_NAME = "render_stats.json"
 
 
 @dataclass
@@ -207,12 +213,18 @@ def assign_splits(ids: Sequence[str], seed: int, test_fraction: float, val_fract
 def render_dataset(sources: Sequence[ObjectSource], root: Union[str, os.PathLike],
                    settings: Optional[RenderSettings] = None, workers: Optional[int] = None,
                    progress: bool = True, overwrite: bool = False,
-                   skipped: Optional[List[SkippedEntry]] = None) -> Manifest:
+                   skipped: Optional[List[SkippedEntry]] = None, shard: Optional[Shard] = None) -> Manifest:
     """Render ``sources`` into ``root`` (layout of :mod:`zero123.data.layout`) and write the manifest.
 
     ``workers``: processes (default: all cores; 1 renders in this process). Objects that fail to load or render
     are listed in the manifest's ``skipped`` with a one-line reason. ``Zero123Error`` if ``root`` already holds a
-    dataset and ``overwrite`` is false, or if object ids repeat. Returns the manifest.
+    dataset and ``overwrite`` is false, or if object ids repeat. Returns the manifest; the timing goes to
+    ``root/render_stats.json``.
+
+    ``shard``: render only the objects of that shard (:mod:`zero123.data.shards`). The splits are still assigned
+    over ALL ``sources``, so an object's split does not depend on the number of shards; the manifest lists the
+    shard's objects and records, under ``settings["shard"]``, each entry's position in ``sources``, from which
+    ``zero123.data.merge.merge_datasets`` rebuilds the manifest of the whole render exactly.
     """
     from tqdm.auto import tqdm
 
@@ -230,9 +242,10 @@ def render_dataset(sources: Sequence[ObjectSource], root: Union[str, os.PathLike
         raise Zero123Error("no objects to render: give --procedural N, --meshes PATH or --pybullet")
     root.mkdir(parents=True, exist_ok=True)
     splits = assign_splits(ids, settings.seed, settings.test_fraction, settings.val_fraction)
+    mine = [k for k, s in enumerate(sources) if shard is None or shard.contains(s.id)]
     workers = max(1, int(workers or os.cpu_count() or 1))
-    workers = min(workers, len(sources))
-    jobs = [(s, str(root), settings) for s in sources]
+    workers = max(1, min(workers, len(mine)))
+    jobs = [(sources[k], str(root), settings) for k in mine]
     results: Dict[str, Tuple[int, Optional[str]]] = {}
     t0 = time.perf_counter()
     views = 0
@@ -264,16 +277,27 @@ def render_dataset(sources: Sequence[ObjectSource], root: Union[str, os.PathLike
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
-    objects, skip = [], list(skipped or [])
-    for s in sources:
+    # entries given by the caller come first (position -1); in a sharded render, shard 0 holds them
+    skip = list(skipped or []) if shard is None or shard.index == 0 else []
+    objects, obj_pos, skip_pos = [], [], [-1] * len(skip)
+    for k in mine:
+        s = sources[k]
         n, err = results[s.id]
         if err is None:
             objects.append(ObjectEntry(id=s.id, split=splits[s.id], num_views=n, source=s.description))
+            obj_pos.append(k)
         else:
             skip.append(SkippedEntry(path=s.description, reason=err))
+            skip_pos.append(k)
     st = asdict(settings)
-    st.update(elapsed_s=round(elapsed, 3), views_per_s=round(views / max(elapsed, 1e-9), 3), workers=workers)
+    if shard is not None:
+        st["shard"] = {"index": shard.index, "count": shard.count, "num_sources": len(sources),
+                       "object_positions": obj_pos, "skipped_positions": skip_pos}
     manifest = Manifest(image_size=settings.image_size, fov_deg=settings.fov_deg,
                         views_per_object=settings.views_per_object, objects=objects, skipped=skip, settings=st)
     write_manifest(root, manifest)
+    stats = {"elapsed_s": round(elapsed, 3), "views_per_s": round(views / max(elapsed, 1e-9), 3),
+             "objects_per_s": round(len(mine) / max(elapsed, 1e-9), 3), "objects": len(mine), "views": views,
+             "workers": workers, "shard": str(shard) if shard is not None else None}
+    _atomic_write_bytes(root / RENDER_STATS_NAME, (json.dumps(stats) + "\n").encode())
     return manifest
