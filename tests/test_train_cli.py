@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,52 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["train", str(tmp_path / "c.yaml"), f"data.root={data}", "model.preset=huge",
                  "--output-dir", str(tmp_path / "o")]) == 2
     assert "preset" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_simulated_two_node_launch_equals_one_process(tmp_path):
+    """The multi-node recipe of docs/training.md, as two "nodes" on this machine: two `accelerate launch
+    --num_machines 2 --machine_rank R` processes of one process each (gloo, CPU) meeting at 127.0.0.1:P."""
+    data = write_synthetic_dataset(tmp_path / "data", num_objects=3, views_per_object=3, image_size=32, seed=5)
+    config = REPO / "configs" / "tiny_test.yaml"
+    common = [f"data.root={data}", "log_every=1", "sample.every=0", "val_every=0", "checkpoint_every=0",
+              "optim.warmup_steps=0", "max_steps=3"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "ignore"}
+    port = _free_port()
+    nodes = []
+    try:
+        for rank in (0, 1):
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+                   "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+                   "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "-m", "zero123.cli", "train", str(config), "--output-dir", str(tmp_path / "two"),
+                   "batch_size=2", *common]
+            nodes.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                          start_new_session=True))  # own process group: killed whole on failure
+        deadline = time.monotonic() + 300  # one bound for both
+        outs = [p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0] for p in nodes]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+                p.wait()
+    assert [p.returncode for p in nodes] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    # machine rank 0 holds the main process (the summary line); rank 1's process ran too (its random state)
+    assert "on 2 process(es)" in outs[0] and "on 2 process(es)" not in outs[1]
+    ckpt = tmp_path / "two" / "checkpoints" / "step_00000003"
+    assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+    two = _log(tmp_path / "two")
+    assert [r["step"] for r in two] == [1, 2, 3]
+    assert all(r["num_processes"] == 2 and r["global_batch"] == 4 for r in two)
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    assert main(["train", str(config), "--output-dir", str(tmp_path / "one"), "batch_size=4", "export=false",
+                 *common]) == 0
+    one = _log(tmp_path / "one")
+    assert all(r["num_processes"] == 1 and r["global_batch"] == 4 for r in one)
+    assert [a["loss"] for a in one] == pytest.approx([b["loss"] for b in two], rel=1e-5, abs=1e-6)
+    assert len({r["loss"] for r in one}) == 3  # the steps differ: the comparison is not of constants
