@@ -77,3 +77,67 @@ def test_three_shards_merged_equal_the_whole_render(tmp_path, capsys):
         assert not (tmp_path / "bad").exists()
     assert main(["render-dataset", "--out", str(tmp_path / "x"), "--shard", "3/3", *common]) == 2
     assert "[0, 2]" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def _main(argv):
+    """``zero123 ARGV`` in this process, with accelerate's process-wide state reset (one Accelerator a run)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return main(argv)
+
+
+def test_latent_cache_in_three_shards_merges_to_the_whole_cache_and_trains_the_same(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from zero123.training.latent_cache import LatentCache
+    from zero123.training.synthetic import write_synthetic_dataset
+
+    torch.set_num_threads(1)
+    data = write_synthetic_dataset(tmp_path / "data", num_objects=6, views_per_object=3, image_size=32, seed=4,
+                                   val_objects=0)
+    cfg = [str(layout.Path(__file__).resolve().parents[1] / "configs" / "tiny_test.yaml"), f"data.root={data}",
+           "mixed_precision=no"]
+    whole, parts = tmp_path / "whole.safetensors", [tmp_path / f"part_{k}.safetensors" for k in range(3)]
+    assert _main(["cache-latents", *cfg, "--out", str(whole), "--batch-size", "1"]) == 0
+    for k, p in enumerate(parts):
+        assert _main(["cache-latents", *cfg, "--shard", f"{k}/3", "--out", str(p), "--batch-size", "1"]) == 0
+    merged = tmp_path / "merged.safetensors"
+    assert _main(["cache-latents", "--merge", str(parts[1]), str(parts[2]), str(parts[0]), "--out",
+                  str(merged)]) == 0
+    assert "6 objects, 18 views" in capsys.readouterr().out
+    w, m = LatentCache.load(whole), LatentCache.load(merged)
+    shard_ids = [LatentCache.load(p).meta["object_ids"] for p in parts]
+    # box_0000.. hash to shards 2, 1, 2, 1, ...: shard 0 is empty (allowed), the others interleave
+    assert [len(i) for i in shard_ids] == [0, 3, 3] and sorted(sum(shard_ids, [])) == sorted(w.meta["object_ids"])
+    assert m.meta["object_ids"] == w.meta["object_ids"] and torch.equal(m.num_views, w.num_views)
+    assert torch.equal(m.mean, w.mean) and torch.equal(m.std, w.std)  # same batch composition: bit-equal
+    assert m.meta["vae_sha256"] == w.meta["vae_sha256"] and len(w.meta["vae_sha256"]) == 64
+
+    # training from the file == training with the cache built at start-up (other batches: float rounding)
+    run = ["max_steps=3", "log_every=1", "sample.every=0", "val_every=0", "checkpoint_every=0", "export=false",
+           "optim.warmup_steps=0", "data.cache_latents=true"]
+    assert _main(["train", *cfg, *run, "--output-dir", str(tmp_path / "built")]) == 0
+    assert _main(["train", *cfg, *run, f"data.latent_cache_file={merged}", "--output-dir", str(tmp_path / "file")]) == 0
+    assert "views read in" in capsys.readouterr().out
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / d / "log.jsonl").read_text().splitlines()]
+              for d in ("built", "file")]
+    assert len(losses[0]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-6)
+
+    # refused: a shard alone, a missing shard, another dataset, another VAE; one line, exit 2
+    other = write_synthetic_dataset(tmp_path / "other", num_objects=5, views_per_object=3, image_size=32, seed=1,
+                                    val_objects=0)
+    for argv, msg in [(["train", *cfg, *run, f"data.latent_cache_file={parts[0]}"], "shard"),
+                      (["cache-latents", "--merge", str(parts[0]), str(parts[1]), "--out", str(tmp_path / "x")],
+                       "2/3 missing"),
+                      (["train", *cfg, *run, f"data.latent_cache_file={merged}", f"data.root={other}"],
+                       "other objects"),
+                      (["train", *cfg, *run, f"data.latent_cache_file={merged}", "seed=1"], "another VAE"),
+                      (["cache-latents", *cfg, "--out", str(whole)], "already exists")]:
+        assert _main([*argv, "--output-dir", str(tmp_path / "bad")] if argv[0] == "train" else argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("zero123: error:") and msg in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x").exists()

@@ -22,6 +22,7 @@ COMMANDS = [
     ("render_dataset", "render a multi-view training dataset from meshes"),
     ("merge_datasets", "combine rendered datasets into one (links to their objects, splits kept)"),
     ("train", "train or fine-tune a view-conditioned model (runs under accelerate launch)"),
+    ("cache_latents", "encode a training split's views with the frozen VAE into a latent cache file (or shards)"),
     ("eval", "novel-view metrics (PSNR/SSIM/LPIPS) against held-out renders, with baselines"),
 ]
 

@@ -48,6 +48,9 @@ class DataConfig:
     #: diffusion stage with a frozen VAE: encode every training view once at start-up and look the posteriors up
     #: (``zero123.training.latent_cache``; same objective, no VAE pass per step; memory 2 x C h w per view).
     cache_latents: bool = False
+    #: with ``cache_latents``: read the cache from this file (``zero123 cache-latents``, built once, possibly in
+    #: shards on many GPUs) instead of encoding at start-up; refused for another VAE, image size or object list.
+    latent_cache_file: str | None = None
 
 
 @dataclass
@@ -246,6 +249,8 @@ class TrainConfig:
         if self.data.cache_latents and (self.stage != "diffusion" or not self.model.freeze_vae):
             raise Zero123Error("data.cache_latents needs stage: diffusion with model.freeze_vae: true (a VAE "
                                "that learns changes its latents)")
+        if self.data.latent_cache_file and not self.data.cache_latents:
+            raise Zero123Error("data.latent_cache_file needs data.cache_latents: true")
         if self.model.vae_decoder_only and self.stage != "vae":
             raise Zero123Error("model.vae_decoder_only only applies to stage: vae")
         if self.optim.lr <= 0 or self.optim.vae_lr <= 0:

@@ -600,12 +600,16 @@ class Trainer:
             from .latent_cache import LatentCache
 
             t0 = time.perf_counter()
-            self.latent_cache = LatentCache.build(self.model.vae, self.train_set, acc.device,
-                                                  batch_size=max(cfg.batch_size, 64),
-                                                  num_workers=cfg.data.num_workers, autocast=acc.autocast,
-                                                  progress=acc.is_main_process)
-            self._print(f"latent cache: {len(self.latent_cache)} views encoded in "
-                        f"{time.perf_counter() - t0:.1f} s")
+            if cfg.data.latent_cache_file:
+                self.latent_cache = LatentCache.load(cfg.data.latent_cache_file, acc.device)
+                self.latent_cache.check_matches(self.train_set, self._vae_sha256, cfg.data.latent_cache_file)
+            else:
+                self.latent_cache = LatentCache.build(self.model.vae, self.train_set, acc.device,
+                                                      batch_size=max(cfg.batch_size, 64),
+                                                      num_workers=cfg.data.num_workers, autocast=acc.autocast,
+                                                      progress=acc.is_main_process)
+            self._print(f"latent cache: {len(self.latent_cache)} views "
+                        f"{'read' if cfg.data.latent_cache_file else 'encoded'} in {time.perf_counter() - t0:.1f} s")
         self.val_set = ViewPairDataset(cfg.data.root, cfg.data.val_split, seed=cfg.seed + 1, **data_kw)
         if len(self.val_set) == 0:
             self.val_set = ViewPairDataset(cfg.data.root, cfg.data.split, seed=cfg.seed + 1,
