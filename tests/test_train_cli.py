@@ -92,14 +92,24 @@ def _log(out):
     return [json.loads(x) for x in (Path(out) / "log.jsonl").read_text().splitlines()]
 
 
+def _run_args(data, max_steps: int, checkpoint_every: int) -> list:
+    """Overrides of a short tiny-config run that logs every step."""
+    return [f"data.root={data}", "log_every=1", "sample.every=0", "val_every=0",
+            f"checkpoint_every={checkpoint_every}", "optim.warmup_steps=0", f"max_steps={max_steps}"]
+
+
+def _cpu_launch_env() -> dict:
+    """Environment of `accelerate launch` on CPUs (gloo), one thread per process."""
+    return {**os.environ, "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+            "PYTHONWARNINGS": "ignore"}
+
+
 @pytest.mark.slow
 def test_train_runs_under_accelerate_launch_with_two_cpu_processes(tmp_path):
     data = write_synthetic_dataset(tmp_path / "data", num_objects=3, views_per_object=3, image_size=32, seed=2)
     config = REPO / "configs" / "tiny_test.yaml"
-    common = [f"data.root={data}", "log_every=1", "sample.every=0", "val_every=0", "checkpoint_every=1",
-              "optim.warmup_steps=0", "max_steps=2"]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-           "PYTHONWARNINGS": "ignore"}
+    common = _run_args(data, max_steps=2, checkpoint_every=1)
+    env = _cpu_launch_env()
     # `accelerate launch --cpu` starts ONE process in accelerate 1.x (multi-CPU needs MPI there); without GPUs
     # `--multi_gpu` starts N torch.distributed processes on the CPU with the gloo backend.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -176,10 +186,8 @@ def test_simulated_two_node_launch_equals_one_process(tmp_path):
     --num_machines 2 --machine_rank R` processes of one process each (gloo, CPU) meeting at 127.0.0.1:P."""
     data = write_synthetic_dataset(tmp_path / "data", num_objects=3, views_per_object=3, image_size=32, seed=5)
     config = REPO / "configs" / "tiny_test.yaml"
-    common = [f"data.root={data}", "log_every=1", "sample.every=0", "val_every=0", "checkpoint_every=0",
-              "optim.warmup_steps=0", "max_steps=3"]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-           "PYTHONWARNINGS": "ignore"}
+    common = _run_args(data, max_steps=3, checkpoint_every=0)
+    env = _cpu_launch_env()
     port = _free_port()
     nodes = []
     try:
