@@ -53,6 +53,8 @@ def run(args) -> int:
     config = load_config(args.inputs[0], [*args.inputs[1:], "data.cache_latents=true"])  # checks the stage
     config.data.cache_latents, config.data.latent_cache_file = False, None  # set up without encoding at start
     trainer = Trainer(config)
+    if trainer.accelerator.num_processes > 1:  # every process would write the same file
+        raise Zero123Error("cache-latents runs as one process: give each GPU or machine its own --shard K/N")
     trainer.setup()
     acc = trainer.accelerator
     cache = LatentCache.build(trainer.model.vae, trainer.train_set, acc.device, batch_size=args.batch_size,
