@@ -71,7 +71,10 @@ def merge_datasets(out: layout.PathLike, roots: Sequence[layout.PathLike]) -> la
         raise Zero123Error(f"{out} already exists: choose a new output folder")
     sources = [(Path(r).resolve(), layout.read_manifest(r)) for r in roots]
     first_root, first = sources[0]
-    sharded = _merge_shards(sources) if any(_shard_of(m) is not None for _, m in sources) else None
+    try:
+        sharded = _merge_shards(sources) if any(_shard_of(m) is not None for _, m in sources) else None
+    except (KeyError, TypeError, ValueError) as exc:  # a hand-edited "shard" record
+        raise Zero123Error(f"merge: malformed shard record in a manifest ({type(exc).__name__}: {exc})") from None
     owner: dict[str, Path] = {}
     objects, skipped = [], []
     for root, m in sources:
