@@ -143,3 +143,17 @@ def test_runs_of_other_lengths_use_integer_recipe_steps():
     steps = [odd.schedule_step(k) for k in range(7)]
     assert steps == [k * 600 // 7 for k in range(7)] and all(isinstance(s, int) for s in steps)
     assert preset_config("default").schedule_step(71) == 71
+
+
+def test_bad_given_draws_and_inputs_are_one_line_errors(fixtures_dir, ref, guidance):
+    from zero123.errors import Zero123Error
+
+    rgb, cams = ref["sds_rgb"], cameras(ref)
+    bad = [{"timesteps": torch.tensor([876, 766])}, {"timesteps": torch.tensor([0, 1, 1000])},
+           {"timesteps": torch.tensor([1.0, 2.0, 3.0])}, {"noise": torch.zeros(3, 4, 4, 4)},
+           {"posterior_eps": torch.zeros(2, 4, 8, 8)}]
+    for kwargs in bad:
+        with pytest.raises(Zero123Error, match="timesteps|noise|posterior_eps"):
+            guidance(rgb, *cams, step=0, **kwargs)
+    with pytest.raises(Zero123Error, match="RGBA"):   # not recentred: needs its alpha, as threestudio's input
+        prepare_reference(np.full((32, 32, 3), 200, np.uint8), 32, 32, recentre=False)
