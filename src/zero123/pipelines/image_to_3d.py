@@ -77,8 +77,8 @@ class ReferenceImage:
 def condition_image(rgba: np.ndarray, size: int) -> torch.Tensor:
     """threestudio's input view (``stable_zero123_guidance.py`` ``prepare_embeddings``): RGBA uint8 ``[H,W,4]``
     -> ``cv2.resize(..., (size, size), INTER_AREA)`` -> ``/255`` in float32 -> composited on white in float,
-    ``rgb * a + (1 - a)`` -> ``[1,3,size,size]`` in [-1,1]. (Compositing in uint8 first, as PIL does, moves the
-    image by up to 1/255 and the concat latent by 4.4e-3 at 32 px.)"""
+    ``rgb * a + (1 - a)`` -> ``[1,3,size,size]`` in [-1,1]. (Compositing in uint8 first, as PIL does, changes the
+    threestudio fixture's concat latent by 2.8e-3 relative: ``bench/input_view_prep.py``.)"""
     import cv2
 
     x = cv2.resize(np.ascontiguousarray(rgba), (size, size), interpolation=cv2.INTER_AREA)
@@ -92,8 +92,10 @@ def prepare_reference(image, size: int, model_size: int, recentre: bool = True) 
     :func:`condition_image`). ``image``: path, PIL image or array.
 
     ``recentre=True``: segment/recentre with :mod:`zero123.preprocessing` first (object at 0.8 of the frame, the
-    framing threestudio's own ``preprocess_image.py`` produces), so raw photos work. ``recentre=False``:
-    threestudio's input exactly, an RGBA image already framed, resized as is (INTER_AREA)."""
+    framing threestudio's own ``preprocess_image.py`` produces), so raw photos work; an RGBA file already framed
+    that way at ``size`` px comes out unchanged, so the input view is then threestudio's exactly.
+    ``recentre=False``: threestudio's input, an RGBA image used as framed, resized with INTER_AREA."""
+    import cv2
     from PIL import Image
 
     from ..preprocessing import _as_pil, has_alpha, prepare_input_image
@@ -106,8 +108,6 @@ def prepare_reference(image, size: int, model_size: int, recentre: bool = True) 
         if not has_alpha(pil):
             raise Zero123Error("an input that is not recentred must be an RGBA image with its background removed")
         full = np.asarray(pil.convert("RGBA"))
-        import cv2
-
         rgba_image = Image.fromarray(cv2.resize(full, (size, size), interpolation=cv2.INTER_AREA), "RGBA")
     rgba = np.asarray(rgba_image, dtype=np.float32) / 255.0
     rgb = torch.from_numpy(rgba[..., :3].copy())[None]
