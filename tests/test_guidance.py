@@ -66,7 +66,8 @@ def _replay_sds(model, image, rgb, elev, azim, rad, step, seed, cfg):
     lo = int(1000 * scheduled_value(cfg.min_step_percent, step))
     hi = int(1000 * scheduled_value(cfg.max_step_percent, step))
     t = torch.randint(lo, hi + 1, (rgb.shape[0],), generator=gen)
-    noise = torch.randn(lat.shape, generator=gen)
+    # threestudio's torch.randn_like(latents) on channels_last latents: the stream fills [B,h,w,4] memory order
+    noise = torch.empty(lat.shape, memory_format=torch.channels_last).normal_(generator=gen)
     a = model.alphas_cumprod[t].view(-1, 1, 1, 1)
     noisy = a.sqrt() * lat + (1 - a).sqrt() * noise
     T = camera_embedding(model.variant, elev, azim, rad, cfg.input_elevation, cfg.input_azimuth, cfg.input_radius)

@@ -33,16 +33,20 @@ def _points(spec: Sequence[float]):
 
 
 def scheduled_value(spec: ScheduleSpec, step: float) -> float:
-    """The value of ``spec`` at (possibly fractional) ``step``."""
+    """The value of ``spec`` at ``step``, computed exactly as threestudio's ``C()`` (``threestudio/utils/misc.py``):
+    on the segment ``(s0, v0) -> (s1, v1)`` that is the last to start at or before ``step`` (the first one before
+    it), ``v0 + (v1 - v0) * clamp((step - s0) / (s1 - s0), 0, 1)``. The fraction is formed first: the
+    algebraically equal ``v0 + (v1 - v0) * (step - s0) / (s1 - s0)`` rounds differently and, through ``int()``,
+    moves the t range by one at 10 of the 150 ramp steps of ``stable-zero123.yaml``."""
     if isinstance(spec, (int, float)):
         return float(spec)
     pts = _points(spec)
-    if step <= pts[0][0]:
-        return pts[0][1]
-    for (s0, v0), (s1, v1) in zip(pts, pts[1:]):
-        if step <= s1:
-            return v0 + (v1 - v0) * (step - s0) / (s1 - s0)
-    return pts[-1][1]
+    seg = 0
+    for i in range(1, len(pts) - 1):
+        if step >= pts[i][0]:
+            seg = i
+    (s0, v0), (s1, v1) = pts[seg], pts[seg + 1]
+    return v0 + (v1 - v0) * max(min(1.0, (step - s0) / (s1 - s0)), 0.0)
 
 
 def scale_schedule(spec: ScheduleSpec, factor: float) -> ScheduleSpec:

@@ -13,6 +13,13 @@ threestudio's ``stable-zero123-guidance`` / ``zero123-guidance`` step, for rende
    elevation 5, azimuth 0, distance 3.8 by default; Stable Zero123 also takes the input elevation absolutely);
 4. ``grad = (1 - alphas_cumprod[t]) * (eps_cfg - noise)``, ``nan_to_num``; the loss
    ``0.5 * sum((latents - (latents - grad).detach())^2) / B`` has exactly ``grad / B`` as its latent gradient.
+
+Random draws, in threestudio's order and element order (so a seed-only replay of threestudio's CPU run agrees):
+the posterior eps (contiguous ``[B,4,h,w]``), ``t`` (``randint``), then the noise as ``torch.randn_like`` on
+channels_last latents draws it (the renders are ``[B,H,W,3]``, so threestudio's latents are channels_last): the
+stream fills ``[B,h,w,4]`` memory order. Each draw can instead be given (``posterior_eps``, ``timesteps``,
+``noise``), and :class:`SDSOutput` returns every intermediate: a test replays a reference step without
+monkeypatching. ``tests/test_threestudio_sds.py`` checks all of it against threestudio's own step.
 """
 
 from __future__ import annotations
@@ -47,11 +54,23 @@ class SDSConfig:
 @dataclass
 class SDSOutput:
     """``loss`` (scalar, differentiable w.r.t. the renders), ``timesteps`` [B] long, ``grad_norm`` (0-dim tensor,
-    L2 norm of the latent-space SDS gradient; kept on the device to avoid a synchronisation)."""
+    L2 norm of the latent-space SDS gradient over the whole batch; kept on the device to avoid a synchronisation).
+
+    Intermediates (float32, ``[B,4,h,w]`` unless noted): ``latents`` (scaled posterior sample, still in the
+    autograd graph of the renders), ``noise``, ``noisy_latents``, ``eps`` (classifier-free guided UNet eps),
+    ``weights`` ``[B,1,1,1]`` (``1 - alphas_cumprod[t]``), ``grad`` (the SDS latent gradient after
+    ``nan_to_num``/clipping) and ``camera`` ``[B,4]`` (the camera vector T)."""
 
     loss: torch.Tensor
     timesteps: torch.Tensor
     grad_norm: torch.Tensor
+    latents: Optional[torch.Tensor] = None
+    noise: Optional[torch.Tensor] = None
+    noisy_latents: Optional[torch.Tensor] = None
+    eps: Optional[torch.Tensor] = None
+    weights: Optional[torch.Tensor] = None
+    grad: Optional[torch.Tensor] = None
+    camera: Optional[torch.Tensor] = None
 
 
 class _GraphedGuidedNoise:
@@ -131,35 +150,59 @@ class SDSGuidance:
         return g(noisy, t, token, concat)
 
     # ----- SDS --------------------------------------------------------------------------------------------
+    def _given_draws(self, B: int, latent_shape, timesteps, noise, posterior_eps) -> None:
+        """Check user-given draws before any work (one-line errors)."""
+        if timesteps is not None:
+            t = torch.as_tensor(timesteps)
+            n = int(self.model.alphas_cumprod.shape[0])
+            if t.shape != (B,) or t.is_floating_point() or bool(((t < 0) | (t >= n)).any()):
+                raise Zero123Error(f"timesteps must be {B} integers in [0, {n - 1}], got {t.tolist()}")
+        for name, x in (("noise", noise), ("posterior_eps", posterior_eps)):
+            if x is not None and tuple(x.shape) != latent_shape:
+                raise Zero123Error(f"{name} must have shape {latent_shape}, got {tuple(x.shape)}")
+
     def __call__(self, rgb: torch.Tensor, elevation, azimuth, radius, step: float,
-                 generator: torch.Generator | None = None) -> SDSOutput:
+                 generator: torch.Generator | None = None, *, timesteps: torch.Tensor | None = None,
+                 noise: torch.Tensor | None = None, posterior_eps: torch.Tensor | None = None) -> SDSOutput:
         """SDS loss for renders ``rgb`` ``[B,H,W,3]`` in [0,1] seen from cameras (elevation, azimuth [B] degrees,
-        radius [B]) at training step ``step``. ``generator``: device generator for t, noise and the VAE sample."""
+        radius [B]) at training step ``step``. ``generator``: device generator for t, noise and the VAE sample.
+
+        ``timesteps`` ``[B]`` long, ``noise`` and ``posterior_eps`` ``[B,4,h,w]``: use these draws instead of
+        drawing them (the ones not given are drawn, in the usual order)."""
         m = self.model
         if rgb.ndim != 4 or rgb.shape[-1] != 3:
             raise Zero123Error(f"SDS expects renders [B,H,W,3], got {tuple(rgb.shape)}")
         B, dev = rgb.shape[0], m.device
         size = m.image_size
+        h = size // m.latent_downsample
+        self._given_draws(B, (B, m.latent_channels, h, h), timesteps, noise, posterior_eps)
         x = rgb.permute(0, 3, 1, 2).to(dev)
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
         x = x * 2 - 1
-        latents = m.encode_latents(x.to(m.dtype), generator=generator)                  # with gradient
-        lo, hi = self.timestep_bounds(step)
-        t = torch.randint(lo, hi + 1, (B,), device=dev, generator=generator, dtype=torch.long)
+        latents = m.encode_latents(x.to(m.dtype), generator=generator, posterior_eps=posterior_eps)  # with grad
+        if timesteps is None:
+            lo, hi = self.timestep_bounds(step)
+            t = torch.randint(lo, hi + 1, (B,), device=dev, generator=generator, dtype=torch.long)
+        else:
+            t = torch.as_tensor(timesteps, dtype=torch.long).to(dev)
         with torch.no_grad():
-            noise = torch.randn(latents.shape, device=dev, generator=generator, dtype=torch.float32)
+            if noise is None:   # = torch.randn_like(latents) on channels_last latents (module docstring)
+                noise = torch.empty(latents.shape, device=dev, dtype=torch.float32,
+                                    memory_format=torch.channels_last).normal_(generator=generator)
+            noise = noise.to(dev, torch.float32)
             a = m.alphas_cumprod.to(dev)[t].float().view(-1, 1, 1, 1)
-            noisy = a.sqrt() * latents.detach().float() + (1 - a).sqrt() * noise
+            noisy = a ** 0.5 * latents.detach().float() + (1 - a) ** 0.5 * noise
             cam = self.camera_embedding(elevation, azimuth, radius).to(dev)
             token, concat = m.conditioning(None, cam, clip_embedding=self.clip_embedding,
                                            concat_latent=self.concat_latent)
             eps = self._guided_noise(noisy.to(m.dtype), t, token, concat).float()
-            grad = (1 - a) * (eps - noise)
-            grad = torch.nan_to_num(grad)
+            w = 1 - a
+            grad = torch.nan_to_num(w * (eps - noise))
             if self.config.grad_clip is not None:
                 grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
         lat = latents.float()
         target = (lat - grad).detach()
         loss = 0.5 * F.mse_loss(lat, target, reduction="sum") / B
-        return SDSOutput(loss=loss, timesteps=t, grad_norm=grad.norm())
+        return SDSOutput(loss=loss, timesteps=t, grad_norm=grad.norm(), latents=lat, noise=noise,
+                         noisy_latents=noisy, eps=eps, weights=w, grad=grad, camera=cam)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..camera import ConditioningVariant, relative_camera_embedding
+from ..errors import Zero123Error
 from .clip_image_encoder import clip_image_embedding
 
 
@@ -75,10 +76,20 @@ class Zero123Model(nn.Module):
         return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()
 
     def encode_latents(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                       sample: bool = True) -> torch.Tensor:
-        """Scaled latents ``[B,4,h,w]`` of images in [-1,1]: a posterior sample (or mean) x scaling factor."""
+                       sample: bool = True, posterior_eps: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled latents ``[B,4,h,w]`` of images in [-1,1]: a posterior sample (or mean) x scaling factor.
+
+        The sample is ``mean + std * eps`` with ``eps ~ N(0, 1)`` drawn from ``generator`` in contiguous
+        ``[B,4,h,w]`` order (as the LDM's ``torch.randn(mean.shape)``), or the given ``posterior_eps`` (same
+        shape) for an exact replay. Gradient flows through both ``mean`` and ``std``."""
         dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        z = dist.sample(generator=generator) if sample else dist.mean
+        if posterior_eps is not None:
+            if tuple(posterior_eps.shape) != tuple(dist.mean.shape):
+                raise Zero123Error(f"posterior_eps must have shape {tuple(dist.mean.shape)}, "
+                                   f"got {tuple(posterior_eps.shape)}")
+            z = dist.mean + dist.std * posterior_eps.to(dist.mean)
+        else:
+            z = dist.sample(generator=generator) if sample else dist.mean
         return z * self.scaling_factor
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -118,6 +129,13 @@ class Zero123Model(nn.Module):
         timesteps = timesteps.to(x.device).expand(x.shape[0]) if timesteps.dim() == 0 else timesteps.to(x.device)
         return self.unet(x, timesteps, encoder_hidden_states=token.to(self.dtype)).sample
 
+    @staticmethod
+    def guidance_conditioning(token: torch.Tensor, concat_latent: torch.Tensor):
+        """The classifier-free-guidance batch of ``N`` conditions: ``([0; token] [2N,1,D], [0; concat] [2N,4,h,w])``,
+        unconditional half FIRST, zeros for the projected token and for the concat latent."""
+        return (torch.cat([torch.zeros_like(token), token]),
+                torch.cat([torch.zeros_like(concat_latent), concat_latent]))
+
     def guided_noise(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, token: torch.Tensor,
                      concat_latent: torch.Tensor, guidance_scale: float) -> torch.Tensor:
         """Classifier-free guided eps: one UNet pass on ``[uncond; cond]`` (zeros token and zeros concat)."""
@@ -125,10 +143,8 @@ class Zero123Model(nn.Module):
             return self.predict_noise(noisy_latents, timesteps, token, concat_latent)
         if not torch.is_tensor(timesteps) or timesteps.dim() == 0:
             timesteps = torch.as_tensor(timesteps, device=noisy_latents.device).expand(noisy_latents.shape[0])
-        eps = self.predict_noise(
-            torch.cat([noisy_latents, noisy_latents]), torch.cat([timesteps, timesteps]),
-            torch.cat([torch.zeros_like(token), token]), torch.cat([torch.zeros_like(concat_latent), concat_latent]),
-        )
+        eps = self.predict_noise(torch.cat([noisy_latents, noisy_latents]), torch.cat([timesteps, timesteps]),
+                                 *self.guidance_conditioning(token, concat_latent))
         eps_uncond, eps_cond = eps.chunk(2)
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 

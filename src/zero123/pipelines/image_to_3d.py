@@ -74,22 +74,45 @@ class ReferenceImage:
     rgba_image: object  # PIL image
 
 
-def prepare_reference(image, size: int, model_size: int) -> ReferenceImage:
-    """Segment/recentre the input with :mod:`zero123.preprocessing` (object at 0.8 of the frame, white
-    background) and build the reference-view targets. ``image``: path, PIL image or array."""
-    from ..preprocessing import image_to_tensor, prepare_input_image
+def condition_image(rgba: np.ndarray, size: int) -> torch.Tensor:
+    """threestudio's input view (``stable_zero123_guidance.py`` ``prepare_embeddings``): RGBA uint8 ``[H,W,4]``
+    -> ``cv2.resize(..., (size, size), INTER_AREA)`` -> ``/255`` in float32 -> composited on white in float,
+    ``rgb * a + (1 - a)`` -> ``[1,3,size,size]`` in [-1,1]. (Compositing in uint8 first, as PIL does, changes the
+    threestudio fixture's concat latent by 2.8e-3 relative: ``bench/input_view_prep.py``.)"""
+    import cv2
 
-    prep = prepare_input_image(image, size=size)
-    rgba = np.asarray(prep.rgba.convert("RGBA"), dtype=np.float32) / 255.0
+    x = cv2.resize(np.ascontiguousarray(rgba), (size, size), interpolation=cv2.INTER_AREA)
+    x = torch.from_numpy(x.astype(np.float32) / 255.0)
+    rgb = x[..., :3] * x[..., 3:] + (1 - x[..., 3:])
+    return (rgb * 2 - 1).permute(2, 0, 1)[None].contiguous()
+
+
+def prepare_reference(image, size: int, model_size: int, recentre: bool = True) -> ReferenceImage:
+    """Build the reference-view targets (``size`` px) and the model's input view (``model_size`` px, by
+    :func:`condition_image`). ``image``: path, PIL image or array.
+
+    ``recentre=True``: segment/recentre with :mod:`zero123.preprocessing` first (object at 0.8 of the frame, the
+    framing threestudio's own ``preprocess_image.py`` produces), so raw photos work; an RGBA file already framed
+    that way at ``size`` px comes out unchanged, so the input view is then threestudio's exactly.
+    ``recentre=False``: threestudio's input, an RGBA image used as framed, resized with INTER_AREA."""
+    import cv2
+    from PIL import Image
+
+    from ..preprocessing import _as_pil, has_alpha, prepare_input_image
+
+    if recentre:
+        rgba_image = prepare_input_image(image, size=size).rgba.convert("RGBA")
+        full = np.asarray(rgba_image)
+    else:
+        pil = _as_pil(image)
+        if not has_alpha(pil):
+            raise Zero123Error("an input that is not recentred must be an RGBA image with its background removed")
+        full = np.asarray(pil.convert("RGBA"))
+        rgba_image = Image.fromarray(cv2.resize(full, (size, size), interpolation=cv2.INTER_AREA), "RGBA")
+    rgba = np.asarray(rgba_image, dtype=np.float32) / 255.0
     rgb = torch.from_numpy(rgba[..., :3].copy())[None]
     mask = torch.from_numpy(rgba[..., 3:] > 0.5)[None]
-    if model_size == size:
-        cond = prep.tensor
-    else:
-        from PIL import Image
-
-        cond = image_to_tensor(prep.rgb.resize((model_size, model_size), Image.Resampling.LANCZOS))
-    return ReferenceImage(rgb=rgb, mask=mask, condition=cond.float(), rgba_image=prep.rgba)
+    return ReferenceImage(rgb=rgb, mask=mask, condition=condition_image(full, model_size), rgba_image=rgba_image)
 
 
 def _resize_reference(ref: ReferenceImage, res: int, device):
@@ -405,7 +428,7 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
     model.requires_grad_(False)
     try:
         t_start = time.perf_counter()
-        reference = prepare_reference(image, cfg.reference_image_size, model.image_size)
+        reference = prepare_reference(image, cfg.reference_image_size, model.image_size, cfg.recentre_input)
         out_dir.mkdir(parents=True, exist_ok=True)
         from ..export.writers import write_png
 
@@ -448,5 +471,5 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
             p.requires_grad_(flag)
 
 
-__all__ = ["to3d", "ImageTo3DResult", "ImageTo3DTrainer", "ReferenceImage", "prepare_reference",
+__all__ = ["to3d", "ImageTo3DResult", "ImageTo3DTrainer", "ReferenceImage", "prepare_reference", "condition_image",
            "export_results", "load_checkpoint", "checkpoint_path"]

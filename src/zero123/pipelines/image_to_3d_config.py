@@ -10,7 +10,8 @@ on 2 cores). ``tiny`` is for CPU tests with the tiny random model (a handful of 
 ``auto_preset(device)`` picks ``default`` on a GPU and ``cpu`` on a CPU.
 
 Schedules and resolution milestones are written in *recipe steps* (``schedule_steps``, 600): a run of ``steps``
-steps evaluates them at ``step * schedule_steps / steps``, so shorter runs follow the same curves compressed.
+steps evaluates them at the integer recipe step ``step * schedule_steps // steps``, so shorter runs follow the same
+curves compressed, each value computed as threestudio computes it at that step.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class ImageTo3DConfig:
     steps: int = 600
     schedule_steps: int = 600
     reference_image_size: int = 512   # side of the prepared (recentred) reference image
+    recentre_input: bool = True       # False: an RGBA input already framed, used as is (threestudio's input)
     normal_perturb_std: float = 0.01
     checkpoint_every: int = 100
     field: FieldConfig = dc_field(default_factory=FieldConfig)
@@ -111,9 +113,12 @@ class ImageTo3DConfig:
     export: ExportConfig = dc_field(default_factory=ExportConfig)
 
     # ----- helpers ----------------------------------------------------------------------------------------
-    def schedule_step(self, step: int) -> float:
-        """Recipe step corresponding to training step ``step``."""
-        return step * self.schedule_steps / max(1, self.steps)
+    def schedule_step(self, step: int) -> int:
+        """Recipe step of training step ``step``: ``step * schedule_steps // steps``, an integer like
+        threestudio's ``global_step``, at or before the run's position on the recipe's curve (the step itself when
+        ``steps == schedule_steps``). Every schedule (t range, loss weights, resolution milestones, shading) is
+        evaluated at it, so a run of another length follows the recipe's curves compressed or stretched."""
+        return (int(step) * self.schedule_steps) // max(1, self.steps)
 
     def stage(self, step: int) -> int:
         """Index of the resolution stage at training step ``step``."""
