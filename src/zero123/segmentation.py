@@ -42,6 +42,7 @@ class BuiltinSegmentationConfig:
     iterations: int = 5
     min_part: float = 0.05
     texture_weight: float = 1.0
+    smooth_border: float = 12.0
 
 
 def _import_cv2():
@@ -97,6 +98,8 @@ def foreground_prior(rgb: np.ndarray, config: BuiltinSegmentationConfig = Builti
     contrast = np.ones((h, w), np.float32)
     for d in (dist, residual):
         scale = float(np.percentile(d[ring], 95)) + 1e-3  # how far the background's own texture reaches
+        if d is residual and scale > config.smooth_border:
+            continue  # a cluttered border: the smooth model explains nothing
         np.minimum(contrast, 1.0 - np.exp(-((d / scale) ** 2)), out=contrast)
     centre = np.exp(-(((yy - (h - 1) / 2) / (config.centre_sigma * h)) ** 2
                       + ((xx - (w - 1) / 2) / (config.centre_sigma * w)) ** 2) / 2)

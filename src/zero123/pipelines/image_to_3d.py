@@ -72,14 +72,17 @@ class ReferenceImage:
     mask: torch.Tensor
     condition: torch.Tensor
     rgba_image: object  # PIL image
+    mask_image: object = None  # PIL "L" image: the foreground mask of the (downscaled) photo
 
 
-def prepare_reference(image, size: int, model_size: int) -> ReferenceImage:
+def prepare_reference(image, size: int, model_size: int, *, matting_model=None, mask=None,
+                      segmentation: str = "auto") -> ReferenceImage:
     """Segment/recentre the input with :mod:`zero123.preprocessing` (object at 0.8 of the frame, white
-    background) and build the reference-view targets. ``image``: path, PIL image or array."""
+    background) and build the reference-view targets. ``image``: path, PIL image or array; ``segmentation``,
+    ``mask``, ``matting_model``: how the foreground is found (``prepare_input_image``)."""
     from ..preprocessing import image_to_tensor, prepare_input_image
 
-    prep = prepare_input_image(image, size=size)
+    prep = prepare_input_image(image, size=size, matting_model=matting_model, mask=mask, method=segmentation)
     rgba = np.asarray(prep.rgba.convert("RGBA"), dtype=np.float32) / 255.0
     rgb = torch.from_numpy(rgba[..., :3].copy())[None]
     mask = torch.from_numpy(rgba[..., 3:] > 0.5)[None]
@@ -89,7 +92,8 @@ def prepare_reference(image, size: int, model_size: int) -> ReferenceImage:
         from PIL import Image
 
         cond = image_to_tensor(prep.rgb.resize((model_size, model_size), Image.Resampling.LANCZOS))
-    return ReferenceImage(rgb=rgb, mask=mask, condition=cond.float(), rgba_image=prep.rgba)
+    return ReferenceImage(rgb=rgb, mask=mask, condition=cond.float(), rgba_image=prep.rgba,
+                          mask_image=prep.mask_image())
 
 
 def _resize_reference(ref: ReferenceImage, res: int, device):
@@ -347,7 +351,7 @@ def _resolve_dtype(dtype, device: torch.device):
 def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: Optional[int] = None,
          seed: int = 0, device=None, dtype=None, resume=None, input_elevation: Optional[float] = None,
          progress: bool = True, model=None, config: Optional[ImageTo3DConfig] = None,
-         export: bool = True) -> ImageTo3DResult:
+         export: bool = True, matting_model=None, mask=None, segmentation: str = "auto") -> ImageTo3DResult:
     """Turn one object image into a textured mesh and a turntable video.
 
     Args:
@@ -367,6 +371,10 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         model: an already loaded ``Zero123Model`` (then ``checkpoint``/``device``/``dtype`` are ignored).
         config: a full :class:`ImageTo3DConfig` instead of a preset.
         export: write the mesh/video files after training.
+        matting_model, mask, segmentation: the photo's foreground (see ``zero123.preprocessing``): an ONNX
+            salient-object model (path or callable), the user's own mask (path/PIL/array of the photo's size), and
+            the method (``auto``: alpha, else the plain-background rule when the border is plain, else the
+            built-in background removal; ``plain``, ``builtin``, ``matting``). The mask is written as ``mask.png``.
     Returns:
         :class:`ImageTo3DResult`.
     """
@@ -405,11 +413,14 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
     model.requires_grad_(False)
     try:
         t_start = time.perf_counter()
-        reference = prepare_reference(image, cfg.reference_image_size, model.image_size)
+        reference = prepare_reference(image, cfg.reference_image_size, model.image_size,
+                                      matting_model=matting_model, mask=mask, segmentation=segmentation)
         out_dir.mkdir(parents=True, exist_ok=True)
         from ..export.writers import write_png
 
         write_png(np.asarray(reference.rgba_image.convert("RGBA")), out_dir / "input.png")
+        if reference.mask_image is not None:
+            write_png(np.asarray(reference.mask_image), out_dir / "mask.png")
         trainer = ImageTo3DTrainer(model, reference, cfg, seed=seed)
         if state is not None:
             trainer.load_state_dict(state)
