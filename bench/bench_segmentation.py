@@ -12,7 +12,8 @@ of the shorter side) and position near the centre over 1024 x 768 backgrounds:
 The ground truth is the render's alpha > 0.5. Per method: mean mask IoU, mean boundary F-score (DAVIS-style:
 precision/recall of boundary pixels matched within 0.8% of the image diagonal), the share of photos refused
 (a refusal counts as IoU 0 and F 0), median time per 1024 px photo and the added peak memory (max RSS of a fresh
-process after the method minus before, on one 1024 x 768 photo). Methods:
+process during the call minus before it, on one 1024 x 768 photo: Linux ``VmHWM`` reset through
+``/proc/self/clear_refs``). Methods:
 
 * ``plain``: ``zero123.preprocessing.segment_foreground`` (the plain-background rule, refuses busy borders);
 * ``prior``: the built-in's seed alone (``zero123.segmentation.foreground_prior`` > Otsu), no GrabCut;
@@ -23,6 +24,9 @@ process after the method minus before, on one 1024 x 768 photo). Methods:
     python bench/bench_segmentation.py --out bench/results/segmentation_cpu.json
     python bench/bench_segmentation.py --quick --out /tmp/seg.json          # 4 objects x 1 view, seconds
     python bench/bench_segmentation.py --save-masks /tmp/masks              # also write the masks as PNG
+
+The large-photo rows time ``prepare_input_image`` (downscale to 1024 px + segmentation + recentring) on a
+4000 x 3000 and an 8000 x 6000 photo and measure its added peak memory the same way.
 """
 
 from __future__ import annotations
@@ -84,6 +88,14 @@ def graded_background(rng: np.random.Generator, size=PHOTO_SIZE) -> np.ndarray:
     r2 = ((xx / w - 0.5) ** 2 + (yy / h - 0.5) ** 2)[..., None]
     img = img * (1.0 - rng.uniform(0.2, 0.5) * r2 / 0.5) + rng.normal(0, 4, (h, w, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_photo(size=PHOTO_SIZE) -> Image.Image:
+    """A graded-background photo with a red box in the middle, ``size`` (W, H) (upsampled from 1024 x 768 when
+    larger, so that making it needs little memory)."""
+    im = Image.fromarray(graded_background(np.random.default_rng(0)))
+    im.paste((200, 40, 40), (400, 250, 650, 550))
+    return im if tuple(size) == PHOTO_SIZE else im.resize(tuple(size), Image.Resampling.BILINEAR)
 
 
 def composite(rgba: np.ndarray, background: np.ndarray, rng: np.random.Generator):
@@ -165,6 +177,10 @@ def method_fn(name: str):
         from zero123.segmentation import builtin_foreground
 
         return lambda im: builtin_foreground(im) > 0.5
+    if name == "prepare":  # the whole input preparation (downscale if large, auto segmentation, recentre)
+        from zero123.preprocessing import prepare_input_image
+
+        return lambda im: prepare_input_image(im, size=256).mask > 0.5
     if name.startswith("onnx:"):
         from zero123.matting import OnnxMattingModel
 
@@ -208,30 +224,39 @@ def evaluate(cases, methods, save_masks: Path | None = None):
 
 
 _MEMORY_CHILD = r"""
-import resource, sys, time, numpy as np
+import sys, numpy as np
 from PIL import Image
 sys.path.insert(0, {bench!r})
 import bench_segmentation as b
-im = Image.fromarray(b.graded_background(np.random.default_rng(0)))
+
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024.0  # kB -> MB
+    raise SystemExit(key + " not in /proc/self/status")
+
+
+im = b.test_photo({size!r})
 fn = b.method_fn({method!r})
-small = im.resize((64, 48))
 try:
-    fn(small)  # import and initialise lazily loaded libraries before the baseline
+    fn(im.resize((64, 48)))  # import and initialise lazily loaded libraries before the baseline
 except Exception:
     pass
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak resident set size (VmHWM) to the current one
+before = status("VmRSS:")
 try:
     fn(im)
 except Exception:
     pass
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((after - before) / 1024.0)
+print(status("VmHWM:") - before)
 """
 
 
-def added_memory_mb(method: str) -> float:
-    """Peak RSS added by one call on a 1024 x 768 photo, in a fresh process (MB)."""
-    code = _MEMORY_CHILD.format(bench=str(Path(__file__).resolve().parent), method=method)
+def added_memory_mb(method: str, size=PHOTO_SIZE) -> float:
+    """Peak resident memory added by one call on a ``size`` (W, H) photo, in a fresh process (MB; Linux)."""
+    code = _MEMORY_CHILD.format(bench=str(Path(__file__).resolve().parent), method=method, size=tuple(size))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return round(float(out.stdout.strip().splitlines()[-1]), 1)
 
@@ -254,9 +279,19 @@ def main(argv=None) -> int:
     for m in methods:
         rows[m]["added_peak_rss_mb"] = added_memory_mb(m)
         print(f"{m:10s} added peak memory {rows[m]['added_peak_rss_mb']:.1f} MB", flush=True)
+    large = {}
+    for side in (4000, 8000):  # a large photo through the whole preparation: downscaled before segmentation
+        size = (side, side * 3 // 4)
+        im = test_photo(size)
+        fn = method_fn("prepare")
+        t0 = time.perf_counter()
+        fn(im)
+        large[f"{size[0]}x{size[1]}"] = {"prepare_s": round(time.perf_counter() - t0, 3),
+                                         "added_peak_rss_mb": added_memory_mb("prepare", size)}
+        print(f"prepare_input_image on {size[0]}x{size[1]}: {large[f'{size[0]}x{size[1]}']}", flush=True)
     import cv2
 
-    result = {"photo_size": list(PHOTO_SIZE), "num_photos": len(cases), "objects": OBJECTS[:4] if args.quick else
+    result = {"large_photos": large, "photo_size": list(PHOTO_SIZE), "num_photos": len(cases), "objects": OBJECTS[:4] if args.quick else
               OBJECTS, "clutter_backgrounds": CLUTTER, "python": platform.python_version(),
               "opencv": cv2.__version__, "cpu_threads": 2, "onnx_models": args.onnx or "none available offline",
               "methods": rows}

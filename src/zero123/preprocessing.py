@@ -188,8 +188,10 @@ def downscale_for_segmentation(image: Image.Image, max_side: int = SEGMENTATION_
         return image
     s = max_side / max(w, h)
     new = (max(1, round(w * s)), max(1, round(h * s)))
-    factor = max(1, int(1 / s) // 2)  # a cheap integer reduce first keeps the Lanczos pass small
-    small = image.reduce(factor) if factor > 1 and image.mode in ("RGB", "RGBA", "L", "LA") else image
+    if image.mode not in ("RGB", "RGBA", "L", "LA"):  # palette, 16-bit, CMYK, ...: to 8-bit colour first
+        image = image.convert("RGBA" if has_alpha(image) else "RGB")
+    factor = max(1, int(1 / s))  # a cheap integer box reduce first keeps the Lanczos pass small
+    small = image.reduce(factor) if factor > 1 else image
     out = small.resize(new, Image.Resampling.LANCZOS)
     if verbose:
         print(f"downscaled {w}x{h} -> {new[0]}x{new[1]} for segmentation", file=sys.stderr)
