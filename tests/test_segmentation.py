@@ -79,6 +79,11 @@ def test_user_mask_is_used_as_given(tmp_path, composites):
         load_mask(np.zeros((5, 5)))
     with pytest.raises(Zero123Error, match="unknown segmentation method"):
         prepare_input_image(image, method="magic")
+    from zero123.pipelines.image_to_3d import to3d
+
+    with pytest.raises(Zero123Error, match="the mask is 10x10 pixels"):  # before the (missing) model is loaded
+        to3d(image, tmp_path / "none.ckpt", tmp_path / "o", mask=np.ones((10, 10)), progress=False)
+    assert not (tmp_path / "o").exists()
 
 
 def test_large_photo_is_downscaled_in_one_line(capsys):

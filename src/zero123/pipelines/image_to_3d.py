@@ -400,6 +400,11 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
             cfg.sds.input_elevation = float(input_elevation)
         cfg.sds.input_radius = cfg.cameras.distance
 
+    if mask is not None or isinstance(matting_model, (str, Path)):  # bad foreground inputs fail before loading
+        from ..preprocessing import _as_pil, load_mask, resolve_matting
+
+        mask = None if mask is None else load_mask(mask, _as_pil(image).size)
+        matting_model = resolve_matting(matting_model)
     if model is None:
         from ..loading import load_model
 
