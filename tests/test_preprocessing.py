@@ -45,7 +45,7 @@ def test_busy_background_is_refused():
     rng = np.random.default_rng(0)
     noisy = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
     with pytest.raises(Zero123Error, match="no plain background"):
-        prepare_input_image(noisy)
+        prepare_input_image(noisy, method="plain")
 
 
 def test_blank_image_is_refused():

@@ -53,7 +53,7 @@ def _scene(kind: str, size: int = 64) -> Image.Image:
 # ----- choosing a candidate ---------------------------------------------------------------------------------------
 def test_score_and_choose_with_plain_background_segmentation():
     images = [_scene(k) for k in ("noise", "cut", "two", "good")]
-    masks, scores = score_candidates(images)
+    masks, scores = score_candidates(images, segmentation="plain")
     assert masks[0] is None and "plain background" in scores[0]["error"] and scores[0]["score"] == 0.0
     assert scores[1]["border_contact"] > 0 and scores[2]["largest_component"] == pytest.approx(0.5, abs=0.02)
     assert scores[3]["score"] == pytest.approx(1.0) and masks[3].shape == (64, 64)

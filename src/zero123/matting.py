@@ -18,6 +18,23 @@ it is fixed there, else the family's default or ``input_size=``). Output: the fi
 or ``[1,S,S]``; values outside [0,1] are treated as logits (sigmoid). The mask is resized back (bilinear) to the
 image size and returned as float32 ``[H,W]`` in [0,1] (1 = object).
 
+Files that follow this contract (none ships with zero123 and nothing is downloaded; use ones you have, e.g. from
+rembg's model releases), with the kind chosen from their names:
+
+=============================== ======== ====== ==========================================================
+file                            kind     input  notes
+=============================== ======== ====== ==========================================================
+``u2net.onnx``                  u2net    320    U^2-Net, general salient objects (about 170 MB)
+``u2netp.onnx``                 u2net    320    the small U^2-Net (about 4.5 MB)
+``silueta.onnx``                u2net    320    a reduced U^2-Net (about 43 MB)
+``isnet-general-use.onnx``      isnet    1024   IS-Net / DIS, general use (about 170 MB)
+``BiRefNet-general-*.onnx``     birefnet 1024   BiRefNet (and ``-lite``), logits output, sigmoid applied
+=============================== ======== ====== ==========================================================
+
+Use them with ``--matting-model FILE`` on ``zero123 views``, ``to3d`` and ``text-to-3d`` (``--matting-kind`` when
+the file name does not say its family). Without one, real photos go through the built-in background removal
+(``zero123.segmentation``).
+
 ``mask_quality(mask)`` scores how usable a mask is as a single-object reference for image-to-3D (see its
 docstring); text-to-3D uses it to choose among several generated candidates.
 """

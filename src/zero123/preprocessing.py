@@ -8,13 +8,21 @@ Foreground:
 * RGB input (or opaque RGBA): **plain-background segmentation**. The background colour is the median of a border
   frame (2% of the side). A pixel is foreground when any channel differs from it by more than ``tolerance``
   (0..1, default 0.1); holes inside the object are filled and specks smaller than 5% of the largest part dropped.
-  Photos without a plain, uniform border are refused with a clear error: remove the background first or pass
-  a matting model (``zero123.matting``).
+  With ``method="plain"`` photos without a plain, uniform border are refused with a clear error.
+* RGB photos whose border is not plain (``method="auto"``, the default): the **built-in** background removal
+  (``zero123.segmentation.builtin_foreground``: GrabCut seeded from a border-contrast and centre prior), offline.
+* ``matting_model=``: an ONNX salient-object model (``zero123.matting.OnnxMattingModel``) or any callable
+  ``PIL -> mask [H,W] in [0,1]``; ``mask=``: the user's own mask (path, PIL or array, the photo's size; white or
+  opaque = object). Both take precedence over segmentation; an RGBA input's alpha takes precedence in ``auto``.
+
+Photos larger than ``SEGMENTATION_MAX_SIDE`` (1024 px) are downscaled (Lanczos) before segmentation, with one
+line on stderr, so memory and time stay bounded; the model input (256 px) loses nothing from it.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +33,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import Zero123Error
 
 REFERENCE_SIZE_RATIO = 0.8
+#: Longer side above which a photo is downscaled before segmentation.
+SEGMENTATION_MAX_SIDE = 1024
+#: ``method=`` values: auto (alpha, else mask / matting model when given, else plain rule when the border is
+#: plain, else built-in), plain (the plain-background rule only), builtin, matting (needs ``matting_model``).
+SEGMENTATION_METHODS = ("auto", "plain", "builtin", "matting")
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -61,20 +74,32 @@ def has_alpha(image: Image.Image) -> bool:
     return bool(alpha.min() < 250)
 
 
-def segment_foreground(image: Image.Image, tolerance: float = 0.1) -> np.ndarray:
-    """Mask ``[H,W]`` float in {0,1} of the object on a plain background (see module docstring)."""
-    from scipy import ndimage
-
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+def _plain_border(rgb: np.ndarray, tolerance: float):
+    """(background colour [3], whether the border is plain): the median of a 2% border frame, and whether at
+    most a quarter of the border differs from it by more than ``tolerance``."""
     h, w, _ = rgb.shape
     b = max(1, int(round(0.02 * min(h, w))))
     border = np.concatenate([rgb[:b].reshape(-1, 3), rgb[-b:].reshape(-1, 3), rgb[:, :b].reshape(-1, 3),
                              rgb[:, -b:].reshape(-1, 3)])
     bg = np.median(border, axis=0)
-    border_dist = np.abs(border - bg).max(axis=1)
-    if np.mean(border_dist > tolerance) > 0.25:
+    return bg, bool(np.mean(np.abs(border - bg).max(axis=1) > tolerance) <= 0.25)
+
+
+def has_plain_background(image: Image.Image, tolerance: float = 0.1) -> bool:
+    """Whether the plain-background rule applies to ``image`` (its border is one colour within ``tolerance``)."""
+    return _plain_border(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0, tolerance)[1]
+
+
+def segment_foreground(image: Image.Image, tolerance: float = 0.1) -> np.ndarray:
+    """Mask ``[H,W]`` float in {0,1} of the object on a plain background (see module docstring)."""
+    from scipy import ndimage
+
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    bg, plain = _plain_border(rgb, tolerance)
+    if not plain:
         raise Zero123Error("the image has no plain background to segment (its border is not one colour): "
-                           "give an RGBA image with the background removed, or a matting model")
+                           "give an RGBA image with the background removed, a --mask, or a matting model, "
+                           "or use the built-in background removal")
     mask = np.abs(rgb - bg).max(axis=2) > tolerance
     mask = ndimage.binary_opening(mask, structure=np.ones((3, 3), bool))  # drop 1-2 px specks
     labels, n = ndimage.label(mask)
@@ -86,13 +111,91 @@ def segment_foreground(image: Image.Image, tolerance: float = 0.1) -> np.ndarray
     return mask.astype(np.float32)
 
 
-def foreground_mask(image: Image.Image, matting=None, tolerance: float = 0.1) -> np.ndarray:
-    """Mask ``[H,W]`` float in [0,1]: the alpha channel if present, else ``matting(image)``, else segmentation."""
-    if has_alpha(image):
+def load_mask(mask, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A user's mask -> ``[H,W]`` float32 in [0,1] (1 = object).
+
+    ``mask``: path, PIL image or array (bool, uint8 0..255 or float 0..1; ``[H,W]`` or ``[H,W,C]``). An image with
+    a non-opaque alpha channel gives its alpha (a cutout), else its luminance (white = object). ``size``:
+    ``(W, H)`` it must have (the photo's); a mismatch, an empty or an all-object mask is a one-line error.
+    """
+    if isinstance(mask, np.ndarray) and mask.ndim == 2:
+        m = mask.astype(np.float32)
+        m = m / 255.0 if mask.dtype == np.uint8 else m
+    else:
+        pil = _as_pil(mask)
+        m = (np.asarray(pil.convert("RGBA"))[..., 3] if has_alpha(pil) else np.asarray(pil.convert("L")))
+        m = m.astype(np.float32) / 255.0
+    if size is not None and (m.shape[1], m.shape[0]) != tuple(size):
+        raise Zero123Error(f"the mask is {m.shape[1]}x{m.shape[0]} pixels but the photo is {size[0]}x{size[1]}: "
+                           "give a mask of the photo's size")
+    m = np.clip(np.nan_to_num(m, nan=0.0), 0.0, 1.0)
+    if not (m > 0.5).any():
+        raise Zero123Error("the mask is empty (no pixel above half intensity): white marks the object")
+    if (m > 0.5).all():
+        raise Zero123Error("the mask covers the whole photo: white marks the object, black the background")
+    return m
+
+
+def _check_method(method: str) -> str:
+    if method not in SEGMENTATION_METHODS:
+        raise Zero123Error(f"unknown segmentation method {method!r}: use {', '.join(SEGMENTATION_METHODS)}")
+    return method
+
+
+def resolve_matting(matting_model, kind: str | None = None):
+    """``matting_model`` as a callable ``PIL -> mask``: a ``.onnx`` path is loaded (``OnnxMattingModel``), a
+    callable is returned as is, ``None`` stays ``None``."""
+    if matting_model is None or callable(matting_model):
+        return matting_model
+    from .matting import OnnxMattingModel
+
+    return OnnxMattingModel(matting_model, kind=kind)
+
+
+def foreground_mask(image: Image.Image, matting=None, tolerance: float = 0.1, *, method: str = "auto",
+                    mask=None, matting_model=None) -> np.ndarray:
+    """Mask ``[H,W]`` float in [0,1] of ``image``, by ``method`` (``SEGMENTATION_METHODS``, module docstring).
+
+    ``mask``: the user's mask (``load_mask``); ``matting_model`` (or the older name ``matting``): an ONNX path or
+    a callable ``PIL -> mask``. ``method="auto"``: alpha channel, else ``mask``, else the matting model, else the
+    plain-background rule if the border is plain, else the built-in.
+    """
+    _check_method(method)
+    matting = resolve_matting(matting_model if matting_model is not None else matting)
+    if mask is not None:
+        return load_mask(mask, image.size)
+    if method == "auto" and has_alpha(image):
         return np.asarray(image.convert("RGBA"), dtype=np.float32)[..., 3] / 255.0
-    if matting is not None:
+    if method == "matting" and matting is None:
+        raise Zero123Error("segmentation method 'matting' needs a matting model (--matting-model FILE.onnx)")
+    if matting is not None and method in ("auto", "matting"):
         return np.clip(np.asarray(matting(image.convert("RGB")), dtype=np.float32), 0.0, 1.0)
-    return segment_foreground(image, tolerance)
+    if method == "plain" or (method == "auto" and has_plain_background(image, tolerance)):
+        return segment_foreground(image, tolerance)
+    from .segmentation import builtin_foreground
+
+    m = builtin_foreground(image)
+    if not (m > 0.5).any():
+        raise Zero123Error("no object found by the built-in background removal: give a --mask or a matting model")
+    return m
+
+
+def downscale_for_segmentation(image: Image.Image, max_side: int = SEGMENTATION_MAX_SIDE,
+                               verbose: bool = True) -> Image.Image:
+    """``image`` with its longer side at most ``max_side`` (Lanczos; modes kept); says so in one line on stderr."""
+    w, h = image.size
+    if max(w, h) <= max_side:
+        return image
+    s = max_side / max(w, h)
+    new = (max(1, round(w * s)), max(1, round(h * s)))
+    if image.mode not in ("RGB", "RGBA", "L", "LA"):  # palette, 16-bit, CMYK, ...: to 8-bit colour first
+        image = image.convert("RGBA" if has_alpha(image) else "RGB")
+    factor = max(1, int(1 / s))  # a cheap integer box reduce first keeps the Lanczos pass small
+    small = image.reduce(factor) if factor > 1 else image
+    out = small.resize(new, Image.Resampling.LANCZOS)
+    if verbose:
+        print(f"downscaled {w}x{h} -> {new[0]}x{new[1]} for segmentation", file=sys.stderr)
+    return out
 
 
 def recenter(image: Image.Image, mask: np.ndarray, size: int = 256, ratio: float = REFERENCE_SIZE_RATIO) -> Image.Image:
@@ -134,25 +237,40 @@ def tensor_to_images(images: torch.Tensor) -> list[Image.Image]:
 
 @dataclass
 class PreparedImage:
-    """The model input: ``rgba`` recentred (size x size), ``rgb`` composited on white, ``tensor`` [1,3,S,S] in [-1,1]."""
+    """The model input: ``rgba`` recentred (size x size), ``rgb`` composited on white, ``tensor`` [1,3,S,S] in [-1,1];
+    ``mask``: the foreground mask ``[h,w]`` in [0,1] of the (downscaled) photo, ``None`` without recentring."""
 
     rgba: Image.Image
     rgb: Image.Image
     tensor: torch.Tensor
+    mask: np.ndarray | None = None
+
+    def mask_image(self) -> Image.Image | None:
+        """The foreground mask as an 8-bit grayscale image (white = object), or ``None``."""
+        return None if self.mask is None else Image.fromarray((np.clip(self.mask, 0, 1) * 255).round().astype(np.uint8))
 
 
 def prepare_input_image(image, size: int = 256, ratio: float = REFERENCE_SIZE_RATIO, matting=None,
-                        recentre: bool = True) -> PreparedImage:
+                        recentre: bool = True, *, matting_model=None, mask=None, method: str = "auto") -> PreparedImage:
     """Path / PIL / array -> ``PreparedImage`` (mask, recentre to ``ratio``, white background, [-1,1] tensor).
 
-    ``recentre=False`` keeps the framing and only resizes (for images already prepared like the training data).
+    ``method`` / ``mask`` / ``matting_model`` (older name ``matting``): how the foreground is found, see
+    ``foreground_mask``. ``recentre=False`` keeps the framing and only resizes (for images already prepared like
+    the training data). Photos larger than ``SEGMENTATION_MAX_SIDE`` are downscaled first (one line on stderr).
     """
+    _check_method(method)
     pil = _as_pil(image)
     if pil.width < 8 or pil.height < 8:
         raise Zero123Error(f"image is too small ({pil.width}x{pil.height} pixels)")
-    if recentre:
-        rgba = recenter(pil, foreground_mask(pil, matting), size, ratio)
-    else:
+    if not recentre:
         rgba = pil.convert("RGBA").resize((size, size), Image.Resampling.LANCZOS)
+        rgb = composite_on_white(rgba)
+        return PreparedImage(rgba=rgba, rgb=rgb, tensor=image_to_tensor(rgb))
+    user_mask = None if mask is None else load_mask(mask, pil.size)
+    work = downscale_for_segmentation(pil)
+    if user_mask is not None and work.size != pil.size:
+        user_mask = np.asarray(Image.fromarray(user_mask).resize(work.size, Image.Resampling.BILINEAR))
+    fg = foreground_mask(work, matting, method=method, mask=user_mask, matting_model=matting_model)
+    rgba = recenter(work, fg, size, ratio)
     rgb = composite_on_white(rgba)
-    return PreparedImage(rgba=rgba, rgb=rgb, tensor=image_to_tensor(rgb))
+    return PreparedImage(rgba=rgba, rgb=rgb, tensor=image_to_tensor(rgb), mask=fg)

@@ -69,3 +69,40 @@ def image_grid(images, columns: int | None = None):
     for i, im in enumerate(images):
         grid.paste(im, ((i % columns) * w, (i // columns) * h))
     return grid
+
+
+def add_foreground_options(p: argparse.ArgumentParser) -> None:
+    """``--segmentation``, ``--mask``, ``--matting-model``, ``--matting-kind``: how the photo's background is
+    removed (``views``, ``to3d``, ``text-to-3d``, ``app``). Read them with :func:`foreground_kwargs`."""
+    g = p.add_argument_group("background removal")
+    g.add_argument("--segmentation", choices=["auto", "plain", "builtin", "matting"], default="auto",
+                   help="auto (default): the alpha channel of an RGBA image, else --mask / --matting-model when "
+                        "given, else the plain-background rule when the border is one colour, else the built-in "
+                        "background removal (GrabCut, offline); plain: the plain-background rule only; builtin; "
+                        "matting: --matting-model")
+    g.add_argument("--mask", metavar="PATH", default=None,
+                   help="your own foreground mask, the photo's size: white (or opaque alpha) = object")
+    g.add_argument("--matting-model", metavar="PATH", default=None,
+                   help="ONNX salient-object / matting model you have (rembg's u2net.onnx, u2netp.onnx, "
+                        "isnet-general-use.onnx, BiRefNet-*.onnx; needs onnxruntime); see zero123.matting")
+    g.add_argument("--matting-kind", choices=["auto", "u2net", "isnet", "birefnet"], default="auto",
+                   help="pre/post-processing of --matting-model (default auto: from the file name)")
+
+
+def foreground_kwargs(args, image=None) -> dict:
+    """``{segmentation, mask, matting_model}`` from :func:`add_foreground_options`' options, checked before any
+    model work: the mask is read (and compared with ``image``'s size, a path or PIL image, when given) and the
+    ONNX model is loaded. Bad values raise a one-line ``Zero123Error``."""
+    from ..preprocessing import load_image, load_mask, resolve_matting
+
+    mask = None
+    if args.mask is not None:
+        size = None if image is None else (load_image(image) if isinstance(image, (str, os.PathLike)) else image).size
+        mask = load_mask(args.mask, size)
+    kind = None if args.matting_kind == "auto" else args.matting_kind
+    matting = resolve_matting(args.matting_model, kind) if args.matting_model else None
+    if args.segmentation == "matting" and matting is None:
+        from ..errors import Zero123Error
+
+        raise Zero123Error("--segmentation matting needs --matting-model FILE.onnx")
+    return {"segmentation": args.segmentation, "mask": mask, "matting_model": matting}

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import add_foreground_options, foreground_kwargs
+
 EPILOG = """examples:
   zero123 text-to-3d "a friendly dog" --t2i-model ~/models/sdxl-turbo --checkpoint stable_zero123.ckpt --out dog/
   zero123 text-to-3d "a red teapot" --t2i-model sd_xl_base_1.0.safetensors --t2i-config ~/models/sdxl-base-config \\
       --num-candidates 4 --matting-model isnet-general-use.onnx --cpu-offload --out teapot/
 
 stages: (1) SDXL draws --num-candidates images of --prompt-template (candidate i uses seed --seed + i), kept in
-DIR/candidates/NN.png; (2) each gets a foreground mask (--matting-model, else plain-background segmentation)
+DIR/candidates/NN.png; (2) each gets a foreground mask (--mask, --matting-model, else --segmentation)
 and a quality score (one connected object, sensible size, not touching the frame, crisp mask) in
 DIR/candidates/scores.json; the best one (or --pick K) is recentred and saved as DIR/input_rgba.png;
 (3) image-to-3D on it (the same as `zero123 to3d DIR/input_rgba.png`), mesh and video in DIR.
@@ -55,13 +57,8 @@ def add_parser(sub, name, summary):
     g.add_argument("--cpu-offload", action="store_true",
                    help="move SDXL's networks to the GPU one at a time (for GPUs with less than ~12 GB)")
 
-    g = p.add_argument_group("background removal")
-    g.add_argument("--matting-model", metavar="PATH", default=None,
-                   help="ONNX salient-object / matting model (U^2-Net, IS-Net, BiRefNet; needs onnxruntime). "
-                        "Default: plain-background segmentation")
-    g.add_argument("--matting-kind", choices=["auto", "u2net", "isnet", "birefnet"], default="auto",
-                   help="pre/post-processing of --matting-model (default auto: from the file name; see "
-                        "zero123.matting)")
+    add_foreground_options(p)
+    g = p.add_argument_group("input image")
     g.add_argument("--rgba-size", type=int, default=512, metavar="PX", help="side of DIR/input_rgba.png in pixels (default 512)")
 
     g = p.add_argument_group("image-to-3D")
@@ -94,13 +91,13 @@ def run(args) -> int:
 
     if args.device and str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise Zero123Error(f"--device {args.device} requested but CUDA is not available on this machine")
+    foreground = foreground_kwargs(args)
     result = text_to_3d(
         args.prompt, args.t2i_model, args.checkpoint, args.out,
         t2i_config=args.t2i_config, t2i_preset=None if args.t2i_preset == "auto" else args.t2i_preset,
         t2i_steps=args.t2i_steps, t2i_guidance=args.t2i_guidance, t2i_size=args.t2i_size, t2i_dtype=args.t2i_dtype,
         prompt_template=args.prompt_template, negative_prompt=args.negative_prompt or None,
-        num_candidates=args.num_candidates, pick=args.pick, matting_model=args.matting_model,
-        matting_kind=None if args.matting_kind == "auto" else args.matting_kind,
+        num_candidates=args.num_candidates, pick=args.pick, **foreground,
         cpu_offload=args.cpu_offload, rgba_size=args.rgba_size, preset=args.preset, steps=args.steps,
         seed=args.seed, device=args.device, dtype=args.dtype, input_elevation=args.input_elevation,
         resume=args.resume, skip_3d=args.no_3d, progress=True,

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import add_foreground_options, foreground_kwargs
+
 
 def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help=summary, description=summary + ". Follows threestudio's stable-zero123 "
                               "recipe (SDS + reference-view losses on a hash-grid NeRF), then marching cubes, a "
                               "baked UV texture and a turntable video. Ctrl-C saves a checkpoint; --resume continues.",
                               formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("image", help="object photo: RGBA with transparency, or on a plain background")
+    p.add_argument("image", help="object photo: RGBA with transparency, or any RGB photo (its background is "
+                   "removed: see --segmentation; the mask is written as mask.png)")
     p.add_argument("--checkpoint", "-c", default=None,
                    help="Zero123 / Stable Zero123 checkpoint (.ckpt/.safetensors or a diffusers folder); "
                         "default: the bundled model")
@@ -36,6 +39,7 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
                    help="diffusion-model precision (default fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_foreground_options(p)
     return p
 
 
@@ -45,9 +49,10 @@ def run(args) -> int:
 
     if args.steps is not None and args.steps < 1:
         raise Zero123Error(f"--steps must be >= 1, got {args.steps}")
+    foreground = foreground_kwargs(args, args.image)  # checked before the model is loaded
     result = to3d(args.image, args.checkpoint, args.out, preset=args.preset, steps=args.steps, seed=args.seed,
                   device=args.device, dtype=args.dtype, resume=args.resume, input_elevation=args.input_elevation,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, **foreground)
     print(f"mesh: {result.obj} ({result.num_vertices} vertices, {result.num_faces} faces)")
     print(f"      {result.glb}")
     print(f"      {result.ply}")

@@ -6,20 +6,23 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import add_model_options, add_sampling_options, atomic_save_image, image_grid, resolve_device_dtype
+from ._common import (add_foreground_options, add_model_options, add_sampling_options, atomic_save_image,
+                      foreground_kwargs, image_grid, resolve_device_dtype)
 
 EPILOG = """examples:
   zero123 views mug.png --azimuth 90 180 270 --out views/
   zero123 views toy_rgba.png --checkpoint stable_zero123.ckpt --elevation 20 20 --azimuth -45 45 --out out/
 camera changes are relative to the input photo: elevation (degrees, up is positive), azimuth (degrees,
 counter-clockwise seen from above), radius (world units, positive = further away). One value for
---elevation/--radius is repeated for every azimuth. Writes view_00.png ... and grid.png (input first)."""
+--elevation/--radius is repeated for every azimuth. Writes view_00.png ... and grid.png (input first), and
+mask.png (the foreground found in the photo: see --segmentation, --mask, --matting-model)."""
 
 
 def add_parser(sub, name, summary):
     p = sub.add_parser(name, help=summary, description=summary + ".", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("image", help="photo of one object: RGBA with the background removed, or RGB on a plain background")
+    p.add_argument("image", help="photo of one object: RGBA with the background removed, or any RGB photo (its "
+                   "background is removed: see --segmentation)")
     p.add_argument("--elevation", "-e", type=float, nargs="+", default=[0.0], metavar="DEG",
                    help="elevation change(s) in degrees (default 0)")
     p.add_argument("--azimuth", "-a", type=float, nargs="+", default=[90.0, 180.0, 270.0], metavar="DEG",
@@ -35,6 +38,7 @@ def add_parser(sub, name, summary):
                    help="GPU fast path: compiled UNet + one CUDA graph per sampling loop (first call ~1 min)")
     p.add_argument("--no-recentre", action="store_true",
                    help="use the image as is (already centred on white at the model's size)")
+    add_foreground_options(p)
     add_model_options(p)
     return p
 
@@ -55,7 +59,8 @@ def run(args) -> int:
     from ..pipelines.zero123_pipeline import Zero123Pipeline, check_noise_scale
     from ..preprocessing import load_image
 
-    load_image(args.image)  # fail fast on a bad image before loading the model
+    image = load_image(args.image)  # fail fast on a bad image (or mask / matting model) before loading the model
+    foreground = foreground_kwargs(args, image) if not args.no_recentre else {}
     tau = None if args.noise_scale is None else check_noise_scale(args.noise_scale)
     device, dtype = resolve_device_dtype(args)
     n = max(len(args.azimuth), len(args.elevation), len(args.radius))
@@ -73,10 +78,12 @@ def run(args) -> int:
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     out = pipe(args.image, elevations, azimuths, radii, input_elevation=args.input_elevation,
                num_inference_steps=args.steps, guidance_scale=args.guidance_scale, eta=args.eta,
-               generator=generator, recentre=not args.no_recentre, progress=True)
+               generator=generator, recentre=not args.no_recentre, progress=True, **foreground)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_save_image(out.input_image.rgba, out_dir / "input_rgba.png")
+    if out.input_image.mask is not None:
+        atomic_save_image(out.input_image.mask_image(), out_dir / "mask.png")
     for i, im in enumerate(out.images):
         atomic_save_image(im, out_dir / f"view_{i:02d}.png")
     atomic_save_image(image_grid([out.input_image.rgb] + out.images), out_dir / "grid.png")

@@ -72,6 +72,7 @@ class ReferenceImage:
     mask: torch.Tensor
     condition: torch.Tensor
     rgba_image: object  # PIL image
+    mask_image: object = None  # PIL "L" image: the foreground mask of the (downscaled) photo
 
 
 def condition_image(rgba: np.ndarray, size: int) -> torch.Tensor:
@@ -87,9 +88,11 @@ def condition_image(rgba: np.ndarray, size: int) -> torch.Tensor:
     return (rgb * 2 - 1).permute(2, 0, 1)[None].contiguous()
 
 
-def prepare_reference(image, size: int, model_size: int, recentre: bool = True) -> ReferenceImage:
+def prepare_reference(image, size: int, model_size: int, recentre: bool = True, *, matting_model=None, mask=None,
+                      segmentation: str = "auto") -> ReferenceImage:
     """Build the reference-view targets (``size`` px) and the model's input view (``model_size`` px, by
-    :func:`condition_image`). ``image``: path, PIL image or array.
+    :func:`condition_image`). ``image``: path, PIL image or array; ``segmentation``, ``mask``, ``matting_model``:
+    how the foreground is found (``prepare_input_image``; with ``recentre=True``).
 
     ``recentre=True``: segment/recentre with :mod:`zero123.preprocessing` first (object at 0.8 of the frame, the
     framing threestudio's own ``preprocess_image.py`` produces), so raw photos work; an RGBA file already framed
@@ -101,18 +104,22 @@ def prepare_reference(image, size: int, model_size: int, recentre: bool = True) 
     from ..preprocessing import _as_pil, has_alpha, prepare_input_image
 
     if recentre:
-        rgba_image = prepare_input_image(image, size=size).rgba.convert("RGBA")
+        prep = prepare_input_image(image, size=size, matting_model=matting_model, mask=mask, method=segmentation)
+        rgba_image = prep.rgba.convert("RGBA")
         full = np.asarray(rgba_image)
+        mask_image = prep.mask_image()
     else:
         pil = _as_pil(image)
         if not has_alpha(pil):
             raise Zero123Error("an input that is not recentred must be an RGBA image with its background removed")
         full = np.asarray(pil.convert("RGBA"))
         rgba_image = Image.fromarray(cv2.resize(full, (size, size), interpolation=cv2.INTER_AREA), "RGBA")
+        mask_image = Image.fromarray(full[..., 3], "L")
     rgba = np.asarray(rgba_image, dtype=np.float32) / 255.0
     rgb = torch.from_numpy(rgba[..., :3].copy())[None]
     mask = torch.from_numpy(rgba[..., 3:] > 0.5)[None]
-    return ReferenceImage(rgb=rgb, mask=mask, condition=condition_image(full, model_size), rgba_image=rgba_image)
+    return ReferenceImage(rgb=rgb, mask=mask, condition=condition_image(full, model_size), rgba_image=rgba_image,
+                          mask_image=mask_image)
 
 
 def _resize_reference(ref: ReferenceImage, res: int, device):
@@ -370,7 +377,7 @@ def _resolve_dtype(dtype, device: torch.device):
 def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: Optional[int] = None,
          seed: int = 0, device=None, dtype=None, resume=None, input_elevation: Optional[float] = None,
          progress: bool = True, model=None, config: Optional[ImageTo3DConfig] = None,
-         export: bool = True) -> ImageTo3DResult:
+         export: bool = True, matting_model=None, mask=None, segmentation: str = "auto") -> ImageTo3DResult:
     """Turn one object image into a textured mesh and a turntable video.
 
     Args:
@@ -390,6 +397,10 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         model: an already loaded ``Zero123Model`` (then ``checkpoint``/``device``/``dtype`` are ignored).
         config: a full :class:`ImageTo3DConfig` instead of a preset.
         export: write the mesh/video files after training.
+        matting_model, mask, segmentation: the photo's foreground (see ``zero123.preprocessing``): an ONNX
+            salient-object model (path or callable), the user's own mask (path/PIL/array of the photo's size), and
+            the method (``auto``: alpha, else the plain-background rule when the border is plain, else the
+            built-in background removal; ``plain``, ``builtin``, ``matting``). The mask is written as ``mask.png``.
     Returns:
         :class:`ImageTo3DResult`.
     """
@@ -415,6 +426,11 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
             cfg.sds.input_elevation = float(input_elevation)
         cfg.sds.input_radius = cfg.cameras.distance
 
+    if mask is not None or isinstance(matting_model, (str, Path)):  # bad foreground inputs fail before loading
+        from ..preprocessing import _as_pil, load_mask, resolve_matting
+
+        mask = None if mask is None else load_mask(mask, _as_pil(image).size)
+        matting_model = resolve_matting(matting_model)
     if model is None:
         from ..loading import load_model
 
@@ -428,11 +444,14 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
     model.requires_grad_(False)
     try:
         t_start = time.perf_counter()
-        reference = prepare_reference(image, cfg.reference_image_size, model.image_size, cfg.recentre_input)
+        reference = prepare_reference(image, cfg.reference_image_size, model.image_size, cfg.recentre_input,
+                                      matting_model=matting_model, mask=mask, segmentation=segmentation)
         out_dir.mkdir(parents=True, exist_ok=True)
         from ..export.writers import write_png
 
         write_png(np.asarray(reference.rgba_image.convert("RGBA")), out_dir / "input.png")
+        if reference.mask_image is not None:
+            write_png(np.asarray(reference.mask_image), out_dir / "mask.png")
         trainer = ImageTo3DTrainer(model, reference, cfg, seed=seed)
         if state is not None:
             trainer.load_state_dict(state)

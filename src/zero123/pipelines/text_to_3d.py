@@ -147,11 +147,13 @@ def choose_candidate(scores: list[dict], pick: int | None = None) -> tuple[int, 
     return best, "score"
 
 
-def score_candidates(images, matting=None) -> tuple[list[Optional[np.ndarray]], list[dict]]:
+def score_candidates(images, matting=None, segmentation: str = "auto",
+                     mask=None) -> tuple[list[Optional[np.ndarray]], list[dict]]:
     """Foreground mask ``[H,W]`` in [0,1] and ``mask_quality`` scores of each candidate image.
 
-    matting: a callable ``PIL -> mask`` (e.g. ``OnnxMattingModel``) or ``None`` for plain-background segmentation
-    (``zero123.preprocessing.foreground_mask``). A candidate whose mask fails (no plain background, empty) gets
+    matting: a callable ``PIL -> mask`` (e.g. ``OnnxMattingModel``) or ``None`` for ``segmentation`` (auto: the
+    plain-background rule when the border is plain, else the built-in; ``zero123.preprocessing.foreground_mask``);
+    mask: the user's own mask (of the candidates' size), used for every candidate. A candidate whose mask fails (no plain background, empty) gets
     mask ``None`` and ``{"index": i, "score": 0.0, "error": message}``.
     """
     from ..matting import mask_quality
@@ -161,7 +163,7 @@ def score_candidates(images, matting=None) -> tuple[list[Optional[np.ndarray]], 
     scores: list[dict] = []
     for i, im in enumerate(images):
         try:
-            m = np.asarray(foreground_mask(im, matting), dtype=np.float32)
+            m = np.asarray(foreground_mask(im, matting, method=segmentation, mask=mask), dtype=np.float32)
             scores.append({"index": i, **mask_quality(m).to_dict()})
         except Zero123Error as exc:
             m = None
@@ -188,6 +190,7 @@ def text_to_3d(prompt: str, t2i_model, checkpoint=None, out_dir: str | os.PathLi
                prompt_template: str | None = DEFAULT_PROMPT_TEMPLATE,
                negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT, num_candidates: int = 1,
                pick: int | None = None, matting_model=None, matting_kind: str | None = None,
+               mask=None, segmentation: str = "auto",
                cpu_offload: bool = False, rgba_size: int = 512,
                preset: str = "auto", steps: int | None = None, seed: int = 0, device=None, dtype=None,
                input_elevation: float | None = None, resume=None, skip_3d: bool = False, progress: bool = True,
@@ -200,7 +203,8 @@ def text_to_3d(prompt: str, t2i_model, checkpoint=None, out_dir: str | os.PathLi
     num_candidates / pick: images to generate and which to use (0-based; ``None`` = best mask score).
     matting_model: ``.onnx`` path or a callable ``PIL -> mask [H,W] in [0,1]``; ``None`` = plain-background
     segmentation; matting_kind: the ONNX model's family (``zero123.matting.MATTING_KINDS``; ``None``: from the
-    file name). rgba_size: side of ``input_rgba.png`` in px. preset, steps, seed, device, dtype,
+    file name). mask: your own mask of the generated image (e.g. an edited ``candidates/NN_mask.png`` with
+    ``pick``); segmentation: auto / plain / builtin / matting (``zero123.preprocessing``). rgba_size: side of ``input_rgba.png`` in px. preset, steps, seed, device, dtype,
     input_elevation (degrees), resume, progress, model: passed to ``to3d`` (``model``: a loaded ``Zero123Model``
     used instead of ``checkpoint``); ``seed`` is also the first text-to-image seed. skip_3d: stop after
     ``input_rgba.png``. cpu_offload: SDXL's networks visit the GPU one at a time (small GPUs).
@@ -274,7 +278,7 @@ def text_to_3d(prompt: str, t2i_model, checkpoint=None, out_dir: str | os.PathLi
         # 2. background removal + choice -------------------------------------------------------------------
         bar.set_description(f"[2/{len(stages)}] {stages[1]}")
         t0 = time.perf_counter()
-        masks, scores = score_candidates(images, matting)
+        masks, scores = score_candidates(images, matting, segmentation, mask)
         mask_paths = [None if m is None else
                       save_png(Image.fromarray(np.round(m * 255).astype(np.uint8)),
                                cand_dir / f"{i:02d}_mask.png") for i, m in enumerate(masks)]
@@ -283,7 +287,8 @@ def text_to_3d(prompt: str, t2i_model, checkpoint=None, out_dir: str | os.PathLi
         input_rgba = save_png(rgba, out_dir / INPUT_RGBA_NAME)
         scores_path = save_json({
             "prompt": prompt, "text_to_image": settings.to_dict(),
-            "matting": repr(matting) if matting is not None else "plain-background segmentation",
+            "matting": repr(matting) if matting is not None else "user mask" if mask is not None else
+                       f"segmentation: {segmentation}",
             "score": "largest_component * fraction_score * exp(-8 * border_contact) * confidence "
                      "(zero123.matting.mask_quality)",
             "candidates": scores, "chosen": chosen, "chosen_by": chosen_by,

@@ -142,9 +142,12 @@ class Zero123Pipeline:
         return self.enable_cuda_graph(cuda)
 
     # ----- inputs ------------------------------------------------------------------------------------------
-    def prepare_image(self, image, matting=None, recentre: bool = True) -> PreparedImage:
-        """Path / PIL / array -> recentred, white-background input at the model's image size."""
-        return prepare_input_image(image, size=self.model.image_size, matting=matting, recentre=recentre)
+    def prepare_image(self, image, matting=None, recentre: bool = True, *, matting_model=None, mask=None,
+                      segmentation: str = "auto") -> PreparedImage:
+        """Path / PIL / array -> recentred, white-background input at the model's image size (foreground from
+        ``segmentation`` / ``mask`` / ``matting_model``: see ``zero123.preprocessing.prepare_input_image``)."""
+        return prepare_input_image(image, size=self.model.image_size, matting=matting, recentre=recentre,
+                                   matting_model=matting_model, mask=mask, method=segmentation)
 
     def camera_batch(self, elevations, azimuths, radii=None, input_elevation=None) -> torch.Tensor:
         """Validated camera embeddings ``[N,4]`` for camera changes (degrees, world units)."""
@@ -176,12 +179,15 @@ class Zero123Pipeline:
                  input_elevation: float | None = None, num_inference_steps: int = 50, guidance_scale: float = 3.0,
                  eta: float = 0.0, generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
                  output_type: str = "pil", batch_size: int = 8, matting=None, recentre: bool = True,
-                 progress: bool = True, noise_scale: float | None = None) -> Zero123PipelineOutput:
+                 progress: bool = True, noise_scale: float | None = None, *, matting_model=None, mask=None,
+                 segmentation: str = "auto") -> Zero123PipelineOutput:
         """Sample one view per (elevation, azimuth, radius) change of ``image``.
 
         ``image``: path, PIL image, or a tensor ``[1,3,H,W]`` in [-1,1] already at the model's size (used as is).
         ``latents``: optional start noise ``[N,4,h,w]`` (used as given). ``batch_size`` views are sampled together.
         ``noise_scale``: tau in [0, 1] for drawn start noise; ``None``: the pipeline's ``noise_scale``.
+        ``segmentation`` (auto / plain / builtin / matting), ``mask`` (the user's mask), ``matting_model`` (ONNX
+        path or callable; older name ``matting``): the input's foreground, see ``zero123.preprocessing``.
         """
         if output_type not in ("pil", "pt"):
             raise Zero123Error(f"output_type must be 'pil' or 'pt', got {output_type!r}")
@@ -191,7 +197,8 @@ class Zero123Pipeline:
         if isinstance(image, torch.Tensor):
             images = image
         else:
-            prepared = self.prepare_image(image, matting=matting, recentre=recentre)
+            prepared = self.prepare_image(image, matting=matting, recentre=recentre, matting_model=matting_model,
+                                          mask=mask, segmentation=segmentation)
             images = prepared.tensor
         images = images.to(self.device, self.model.dtype)
         results, all_latents = [], []
