@@ -1,10 +1,9 @@
 """Input-elevation estimate (``zero123.elevation``): error in degrees on renders of known elevation, time, memory.
 
-Held-out set: procedural objects that no bundled-model training run saw (``zero123.data.objects.procedural_object``
-seeds from ``--first-seed``; the training sets used seeds 0..7999 through ``render-dataset`` ids, generated from
-``s x 1000003 + i``, none of which is below 10**6 except seed 0's ids 0..1999, so seeds 500000+ are unseen),
-normalised to the unit cube and rendered by the project's rasteriser at 128 px from a random azimuth, distance
-1.8, fov 49.1 (the training renders' lens) at each elevation of ``--elevations``, on transparent background.
+Held-out set: procedural objects that no bundled-model training render used (``procedural_object(seed)`` for seeds
+from ``--first-seed`` = 500000; the training renders used seeds 0..1999 and 1000003..1006002), normalised to the
+unit cube and rendered by the project's rasteriser at the model's size (128 px) from a random azimuth, distance
+1.8, fov 49.1 (the training renders' lens), at each elevation of ``--elevations``, on a transparent background.
 
 Rows:
 * ``constant 5``: threestudio's default guess; ``constant mean``: the held-out set's mean elevation (an oracle
@@ -16,7 +15,8 @@ Rows:
 Time: wall time per estimate (median), with the model already loaded. Memory: peak RSS growth during the
 estimates on CPU (``resource``), peak CUDA memory above the loaded model on GPU.
 
-    python bench/bench_elevation.py --objects 12 --out bench/results/elevation_cpu.json          # bundled model
+    python bench/bench_elevation.py --objects 2 --elevations -10 20 50 --out bench/results/elevation_bundled_cpu.json
+    python bench/bench_elevation.py --skip-model --objects 7 --out bench/results/elevation_exact_cpu.json
     python bench/bench_elevation.py --random full --device cuda --dtype fp16 --time-only --objects 3   # H200 time
     python bench/bench_elevation.py --random tiny --time-only --objects 1 --elevations 5                # CPU smoke
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import resource
 import statistics
@@ -156,7 +155,8 @@ def main() -> None:
             rows[name] = summarise([a.degrees - t for a, t in zip(estimates, truth)], [a.method for a in estimates])
         per_case[name] = [[a.degrees, a.method, round(a.turn, 3)] for a in estimates]
     result = {"rows": rows, "timing": timing, "per_case": per_case,
-              "settings": {"checkpoint": f"random {args.random}" if args.random else (args.checkpoint or "bundled"), "device": args.device, "dtype": args.dtype,
+              "settings": {"checkpoint": f"random {args.random}" if args.random else (args.checkpoint or "bundled"),
+                           "device": args.device, "dtype": args.dtype,
                            "objects": args.objects, "first_seed": args.first_seed, "elevations": args.elevations,
                            "delta_azimuth": args.delta_azimuth, "image_size": size,
                            "threads": torch.get_num_threads()},

@@ -43,6 +43,9 @@ DEFAULT_CANDIDATES = tuple(float(e) for e in range(-20, 71, 5))
 DEFAULT_DELTA_AZIMUTH = 30.0
 #: default DDIM steps for the probe views (the estimate needs their geometry, not their texture)
 DEFAULT_STEPS = 10
+#: start-noise scale of the probe views (low-temperature sampling: the model's most likely geometry; the bundled
+#: model's recommended value). The bench measured that at 1 the bundled model's views move without parallax.
+PROBE_NOISE_SCALE = 0.5
 #: the guess used when the probe views carry no signal (threestudio's default input elevation), degrees
 PRIOR_ELEVATION = 5.0
 #: below this mean flow, as a fraction of (turn in radians x object half-width), the probe views did not turn
@@ -78,13 +81,14 @@ class ElevationEstimate:
         return d
 
 
-def describe(estimate: "ElevationEstimate", option: str = "--input-elevation") -> str:
-    """The one line the CLIs print, e.g. ``input elevation: estimated 15 deg (give --input-elevation DEG to
-    override)``; for a fallback to the prior it says that the model's views carried no signal."""
-    if estimate.method == "prior":
-        return (f"input elevation: {estimate.degrees:g} deg, the default guess (the model's views did not turn the "
+def describe(estimate, option: str = "--input-elevation") -> str:
+    """The one line the CLIs print for an ``ElevationEstimate`` (or its ``as_dict()``), e.g. ``input elevation:
+    estimated 15 deg (give --input-elevation DEG to override)``; a fallback to the prior says so."""
+    d = estimate if isinstance(estimate, dict) else estimate.as_dict()
+    if d["method"] == "prior":
+        return (f"input elevation: {d['degrees']:g} deg, the default guess (the model's views did not turn the "
                 f"object enough to measure it; give {option} DEG to override)")
-    return f"input elevation: estimated {estimate.degrees:g} deg (give {option} DEG to override)"
+    return f"input elevation: estimated {d['degrees']:g} deg (give {option} DEG to override)"
 
 
 def is_auto(value) -> bool:
@@ -198,14 +202,15 @@ def _model_of(pipe_or_model):
 @torch.no_grad()
 def estimate_input_elevation(pipe_or_model, image, *, candidates: Sequence[float] = DEFAULT_CANDIDATES,
                              delta_azimuth: float = DEFAULT_DELTA_AZIMUTH, num_inference_steps: int = DEFAULT_STEPS,
-                             guidance_scale: float = 3.0, seed: int = 0, matting=None,
-                             recentre: bool = True) -> ElevationEstimate:
+                             guidance_scale: float = 3.0, noise_scale: float = PROBE_NOISE_SCALE, seed: int = 0,
+                             matting=None, recentre: bool = True) -> ElevationEstimate:
     """Estimate the elevation (degrees) of the viewpoint of ``image`` with the model's own views.
 
     ``pipe_or_model``: a ``Zero123Pipeline`` or a ``Zero123Model``; ``image``: path / PIL / array (prepared as for
     sampling: matted, recentred on white), a ``PreparedImage``, or a tensor ``[1,3,S,S]`` in [-1,1] already at the
-    model's size (then the mask is the non-white pixels). ``delta_azimuth``: the probe views' azimuth change, degrees (+ and -);
-    ``num_inference_steps`` / ``guidance_scale`` / ``seed``: their DDIM sampling (deterministic for a seed).
+    model's size (then the mask is the non-white pixels). ``delta_azimuth``: the probe views' azimuth change,
+    degrees (+ and -); ``num_inference_steps`` / ``guidance_scale`` / ``noise_scale`` / ``seed``: their DDIM
+    sampling (deterministic for a seed; the same whether a pipeline or a bare model is given).
     For ``stable_zero123`` models the probe views are sampled at the default input elevation (5 degrees).
     Costs two sampled views: about ``2 x num_inference_steps`` UNet passes with guidance.
     """
@@ -231,6 +236,7 @@ def estimate_input_elevation(pipe_or_model, image, *, candidates: Sequence[float
     das = [float(delta_azimuth), -float(delta_azimuth)]
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     out = pipe(tensor, [0.0, 0.0], das, input_elevation=None, num_inference_steps=int(num_inference_steps),
-               guidance_scale=guidance_scale, generator=generator, output_type="pt", progress=False)
+               guidance_scale=guidance_scale, generator=generator, output_type="pt", progress=False,
+               noise_scale=noise_scale)
     views = (out.images.permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
     return estimate_elevation_from_views(rgb, mask, list(views), das, c)

@@ -56,5 +56,9 @@ def run(args) -> int:
     print(f"video: {result.mp4}")
     print(f"       {result.gif}")
     print(f"preview: {result.preview}")
+    if result.elevation_estimate is not None and args.no_progress:  # with progress, to3d() printed it at the start
+        from ..elevation import describe
+
+        print(describe(result.elevation_estimate))
     print(f"done in {result.timings.get('total_s', 0.0):.1f} s ({result.steps} steps)")
     return 0
