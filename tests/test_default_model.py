@@ -72,6 +72,8 @@ def test_to3d_without_checkpoint_runs_the_cpu_preset_with_the_bundled_model(tmp_
     assert main(["to3d", str(tmp_path / "obj.png"), "--out", str(out), "--steps", "6", "--no-progress"]) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["steps"] == 6
+    # no elevation given: the CLI estimated it with the bundled model and recorded the estimate
+    assert result["input_elevation"] == result["elevation_estimate"]["degrees"]
     mesh = trimesh.load(out / "model.glb", force="mesh")
     assert len(mesh.faces) > 0 and len(mesh.faces) <= preset_config("cpu").export.max_faces
     from zero123.pipelines.image_to_3d import load_checkpoint

@@ -147,6 +147,7 @@ def test_cli_to3d_end_to_end(model, tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "model.obj" in out and "turntable.mp4" in out
+    assert sum(line.startswith("input elevation: ") for line in out.splitlines()) == 1  # estimated, said once
     for name in ("model.obj", "model.glb", "model.ply", "turntable.mp4", "turntable.gif", "preview.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert len(trimesh.load(tmp_path / "out" / "model.ply", process=False).faces) > 0

@@ -32,7 +32,8 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="number of optimisation steps (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--elevation", type=float, default=None, dest="input_elevation",
-                   help="elevation of the photo's viewpoint in degrees (default 5)")
+                   help="elevation of the photo's viewpoint in degrees (default: estimated from the photo with "
+                        "the model, printed; see zero123.elevation)")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue a previous run from DIR/checkpoints/state.pt (its settings are reused)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
@@ -51,7 +52,8 @@ def run(args) -> int:
         raise Zero123Error(f"--steps must be >= 1, got {args.steps}")
     foreground = foreground_kwargs(args, args.image)  # checked before the model is loaded
     result = to3d(args.image, args.checkpoint, args.out, preset=args.preset, steps=args.steps, seed=args.seed,
-                  device=args.device, dtype=args.dtype, resume=args.resume, input_elevation=args.input_elevation,
+                  device=args.device, dtype=args.dtype, resume=args.resume,
+                  input_elevation="auto" if args.input_elevation is None else args.input_elevation,
                   progress=not args.no_progress, **foreground)
     print(f"mesh: {result.obj} ({result.num_vertices} vertices, {result.num_faces} faces)")
     print(f"      {result.glb}")
@@ -59,5 +61,9 @@ def run(args) -> int:
     print(f"video: {result.mp4}")
     print(f"       {result.gif}")
     print(f"preview: {result.preview}")
+    if result.elevation_estimate is not None and args.no_progress:  # with progress, to3d() printed it at the start
+        from ..elevation import describe
+
+        print(describe(result.elevation_estimate))
     print(f"done in {result.timings.get('total_s', 0.0):.1f} s ({result.steps} steps)")
     return 0

@@ -30,7 +30,8 @@ def add_parser(sub, name, summary):
     p.add_argument("--radius", "-r", type=float, nargs="+", default=[0.0], metavar="D",
                    help="distance change(s), world units (default 0)")
     p.add_argument("--input-elevation", type=float, default=None, metavar="DEG",
-                   help="elevation of the input photo (Stable Zero123 uses it; default 5 for stable_zero123)")
+                   help="elevation of the input photo (Stable Zero123 uses it; default: estimated from the photo "
+                        "for stable_zero123, see zero123.elevation)")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
     add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0)
@@ -70,13 +71,21 @@ def run(args) -> int:
     pipe = Zero123Pipeline.from_pretrained(args.checkpoint, variant=args.variant, dtype=dtype, device=device) \
         if args.checkpoint is None or Path(args.checkpoint).is_dir() else \
         Zero123Pipeline.from_single_file(args.checkpoint, variant=args.variant, dtype=dtype, device=device)
-    pipe.camera_batch(elevations, azimuths, radii, args.input_elevation)  # validate cameras before sampling
+    input_elevation, estimate = args.input_elevation, None
+    if input_elevation is None and pipe.needs_input_elevation():
+        from ..elevation import describe, estimate_input_elevation
+
+        prepared = pipe.prepare_image(args.image, recentre=not args.no_recentre, **foreground)
+        estimate = estimate_input_elevation(pipe, prepared, seed=args.seed)
+        input_elevation = estimate.degrees
+        print(describe(estimate))
+    pipe.camera_batch(elevations, azimuths, radii, input_elevation)  # validate cameras before sampling
     if tau is not None:
         pipe.noise_scale = tau
     if args.fast:
         pipe.enable_fast_path()
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    out = pipe(args.image, elevations, azimuths, radii, input_elevation=args.input_elevation,
+    out = pipe(args.image, elevations, azimuths, radii, input_elevation=input_elevation,
                num_inference_steps=args.steps, guidance_scale=args.guidance_scale, eta=args.eta,
                generator=generator, recentre=not args.no_recentre, progress=True, **foreground)
     out_dir = Path(args.out)
@@ -90,6 +99,10 @@ def run(args) -> int:
     meta = {"checkpoint": args.checkpoint or "bundled", "variant": pipe.model.variant.value, "seed": args.seed,
             "steps": args.steps, "guidance_scale": args.guidance_scale, "eta": args.eta,
             "noise_scale": pipe.noise_scale,
+            "input_elevation": input_elevation,
+            "input_elevation_source": "estimated" if estimate else ("given" if args.input_elevation is not None
+                                                                   else "unused by this variant"),
+            "elevation_estimate": estimate.as_dict() if estimate else None,
             "views": [{"file": f"view_{i:02d}.png", "delta_elevation": e, "delta_azimuth": a, "delta_radius": r}
                       for i, (e, a, r) in enumerate(zip(elevations, azimuths, radii))]}
     (out_dir / "views.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -60,6 +60,9 @@ class ImageTo3DResult:
     timings: dict = field(default_factory=dict)
     num_vertices: int = 0
     num_faces: int = 0
+    #: elevation of the reference camera, degrees, and the estimate behind it when ``input_elevation="auto"``
+    input_elevation: Optional[float] = None
+    elevation_estimate: Optional[dict] = None
 
 
 # ----- input -------------------------------------------------------------------------------------------------
@@ -375,7 +378,7 @@ def _resolve_dtype(dtype, device: torch.device):
 
 
 def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: Optional[int] = None,
-         seed: int = 0, device=None, dtype=None, resume=None, input_elevation: Optional[float] = None,
+         seed: int = 0, device=None, dtype=None, resume=None, input_elevation: Optional[float | str] = None,
          progress: bool = True, model=None, config: Optional[ImageTo3DConfig] = None,
          export: bool = True, matting_model=None, mask=None, segmentation: str = "auto") -> ImageTo3DResult:
     """Turn one object image into a textured mesh and a turntable video.
@@ -393,7 +396,9 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
             is always float32.
         resume: a previous run's out dir (or its ``state.pt``): continue from its last checkpoint with its
             config (``preset`` is then ignored; ``steps`` may extend the run).
-        input_elevation: elevation of the input photo in degrees (default 5, the recipe's).
+        input_elevation: elevation of the input photo in degrees (default 5, the recipe's), or ``"auto"``: estimated
+            with the model (``zero123.elevation.estimate_input_elevation``; printed when ``progress``). A resumed
+            run keeps its own.
         model: an already loaded ``Zero123Model`` (then ``checkpoint``/``device``/``dtype`` are ignored).
         config: a full :class:`ImageTo3DConfig` instead of a preset.
         export: write the mesh/video files after training.
@@ -409,6 +414,7 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
     out_dir = Path(out_dir)
     dev = _resolve_device(device, model)
     state = load_checkpoint(resume) if resume is not None else None
+    auto_elevation = False
     if state is not None:
         cfg = ImageTo3DConfig.from_dict(state["config"])
         if steps is not None:
@@ -419,9 +425,14 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         if config is not None and steps is not None:
             cfg.steps = int(steps)
         cfg.validate()
-        if input_elevation is not None:
+        from ..elevation import is_auto
+
+        auto_elevation = state is None and is_auto(input_elevation)
+        if input_elevation is not None and not auto_elevation:
             from ..camera import check_elevation
 
+            if isinstance(input_elevation, str):
+                raise Zero123Error(f"input elevation must be degrees or 'auto', got {input_elevation!r}")
             check_elevation(float(input_elevation), "input elevation")
             cfg.sds.input_elevation = float(input_elevation)
         cfg.sds.input_radius = cfg.cameras.distance
@@ -446,6 +457,14 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         t_start = time.perf_counter()
         reference = prepare_reference(image, cfg.reference_image_size, model.image_size, cfg.recentre_input,
                                       matting_model=matting_model, mask=mask, segmentation=segmentation)
+        estimate = None
+        if state is None and auto_elevation:
+            from ..elevation import describe, estimate_input_elevation
+
+            estimate = estimate_input_elevation(model, reference.condition, seed=seed)
+            cfg.sds.input_elevation = estimate.degrees
+            if progress:
+                print(describe(estimate), flush=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         from ..export.writers import write_png
 
@@ -456,7 +475,8 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         if state is not None:
             trainer.load_state_dict(state)
         ckpt = out_dir / "checkpoints" / CHECKPOINT_NAME
-        result = ImageTo3DResult(out_dir=out_dir)
+        result = ImageTo3DResult(out_dir=out_dir, input_elevation=float(cfg.sds.input_elevation),
+                                 elevation_estimate=estimate.as_dict() if estimate else None)
         bar = tqdm(total=cfg.steps, initial=trainer.step, desc="to3d", unit="step", disable=not progress,
                    dynamic_ncols=True)
         t_train = time.perf_counter()

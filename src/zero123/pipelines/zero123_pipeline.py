@@ -12,6 +12,10 @@ Camera changes are relative to the input view: ``elevations`` / ``azimuths`` in 
 sampling, which trades sample diversity (and fine texture) for views nearer the model's most likely one. 1 is the
 standard sampler, and the default for every checkpoint except where its folder's ``sampling.json`` recommends
 another value (the bundled model's does: see its model card).
+
+``input_elevation="auto"`` estimates the input photo's elevation with the model itself
+(``zero123.elevation.estimate_input_elevation``) for variants that condition on it (Stable Zero123); the estimate is
+returned as ``output.elevation_estimate``. For Zero123 (relative cameras only) it means 0 and costs nothing.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ class Zero123PipelineOutput:
     images: list | torch.Tensor
     latents: torch.Tensor
     input_image: PreparedImage | None = None
+    #: the ``zero123.elevation.ElevationEstimate`` used when ``input_elevation="auto"`` asked for one, else None
+    elevation_estimate: object | None = None
 
 
 class Zero123Pipeline:
@@ -149,6 +155,10 @@ class Zero123Pipeline:
         return prepare_input_image(image, size=self.model.image_size, matting=matting, recentre=recentre,
                                    matting_model=matting_model, mask=mask, method=segmentation)
 
+    def needs_input_elevation(self) -> bool:
+        """True when the model conditions on the input view's absolute elevation (Stable Zero123)."""
+        return self.model.variant is ConditioningVariant.STABLE_ZERO123
+
     def camera_batch(self, elevations, azimuths, radii=None, input_elevation=None) -> torch.Tensor:
         """Validated camera embeddings ``[N,4]`` for camera changes (degrees, world units)."""
         elevations, azimuths = _as_list(elevations, "elevations"), _as_list(azimuths, "azimuths")
@@ -176,7 +186,7 @@ class Zero123Pipeline:
     # ----- sampling ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, image, elevations: Sequence[float], azimuths: Sequence[float], radii=None,
-                 input_elevation: float | None = None, num_inference_steps: int = 50, guidance_scale: float = 3.0,
+                 input_elevation: float | str | None = None, num_inference_steps: int = 50, guidance_scale: float = 3.0,
                  eta: float = 0.0, generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
                  output_type: str = "pil", batch_size: int = 8, matting=None, recentre: bool = True,
                  progress: bool = True, noise_scale: float | None = None, *, matting_model=None, mask=None,
@@ -188,11 +198,18 @@ class Zero123Pipeline:
         ``noise_scale``: tau in [0, 1] for drawn start noise; ``None``: the pipeline's ``noise_scale``.
         ``segmentation`` (auto / plain / builtin / matting), ``mask`` (the user's mask), ``matting_model`` (ONNX
         path or callable; older name ``matting``): the input's foreground, see ``zero123.preprocessing``.
+        ``input_elevation``: degrees, ``None`` (5 for Stable Zero123, else 0) or ``"auto"`` (estimated, see the
+        module docstring).
         """
+        from ..elevation import estimate_input_elevation, is_auto
+
         if output_type not in ("pil", "pt"):
             raise Zero123Error(f"output_type must be 'pil' or 'pt', got {output_type!r}")
         noise_scale = self.noise_scale if noise_scale is None else check_noise_scale(noise_scale)
-        camera = self.camera_batch(elevations, azimuths, radii, input_elevation)
+        auto = is_auto(input_elevation)
+        if isinstance(input_elevation, str) and not auto:
+            raise Zero123Error(f"input elevation must be degrees or 'auto', got {input_elevation!r}")
+        camera = None if auto else self.camera_batch(elevations, azimuths, radii, input_elevation)
         prepared = None
         if isinstance(image, torch.Tensor):
             images = image
@@ -200,6 +217,11 @@ class Zero123Pipeline:
             prepared = self.prepare_image(image, matting=matting, recentre=recentre, matting_model=matting_model,
                                           mask=mask, segmentation=segmentation)
             images = prepared.tensor
+        estimate = None
+        if auto:
+            if self.needs_input_elevation():
+                estimate = estimate_input_elevation(self, images if prepared is None else prepared)
+            camera = self.camera_batch(elevations, azimuths, radii, estimate.degrees if estimate else 0.0)
         images = images.to(self.device, self.model.dtype)
         results, all_latents = [], []
         clip_emb, concat = self.model.clip_embedding(images), self.model.concat_latent(images)
@@ -218,7 +240,8 @@ class Zero123Pipeline:
         bar.close()
         images_out = torch.cat(results)
         return Zero123PipelineOutput(images=tensor_to_images(images_out) if output_type == "pil" else images_out,
-                                     latents=torch.cat(all_latents), input_image=prepared)
+                                     latents=torch.cat(all_latents), input_image=prepared,
+                                     elevation_estimate=estimate)
 
     @torch.no_grad()
     def sample(self, images: torch.Tensor | None, camera: torch.Tensor, num_inference_steps: int = 50,
