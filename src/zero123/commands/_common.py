@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
-from pathlib import Path
+
+from ..utils.atomic import atomic_save_image  # noqa: F401  (the package's one atomic writer)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -42,20 +41,6 @@ def resolve_device_dtype(args):
 
         raise Zero123Error(f"--device {device} requested but CUDA is not available on this machine")
     return device, dtype
-
-
-def atomic_save_image(image, path: Path) -> None:
-    """Save a PIL image via a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def image_grid(images, columns: int | None = None):

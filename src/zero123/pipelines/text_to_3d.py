@@ -24,11 +24,10 @@ import gc
 import json
 import os
 import shlex
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
@@ -64,28 +63,17 @@ class TextTo3DResult:
 
 
 # ----- small helpers ----------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_png(image: Image.Image, path: Path) -> Path:
-    """Write ``image`` as PNG atomically (temporary name in the same folder, then ``os.replace``)."""
-    _atomic_write_bytes(path, lambda f: image.save(f, format="PNG"))
-    return path
+    """Write ``image`` as PNG atomically (:mod:`zero123.utils.atomic`)."""
+    from ..utils.atomic import atomic_save_image
+
+    return atomic_save_image(image, path, format="PNG")
 
 
 def save_json(obj, path: Path) -> Path:
-    _atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, default=str) + "\n").encode()))
-    return path
+    from ..utils.atomic import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def _jsonable(obj):
