@@ -45,8 +45,15 @@ TO3D_OUTPUTS = OutputLayout("to3d", ("input_rgba.png", "input.png", "model.obj",
                                      "model.glb", "model.ply", "turntable.mp4", "turntable.gif", "preview.png",
                                      "result.json", "checkpoints"))
 TEXT_TO_3D_OUTPUTS = OutputLayout("text-to-3d", ("candidates", "text_to_3d.json")) + TO3D_OUTPUTS
+DATASET_OUTPUTS = OutputLayout("render-dataset", ("manifest.json",))  # (object folders have any name: keep=True)
 CONVERT_OUTPUTS = OutputLayout("convert", ("model_index.json", "sampling.json", "unet", "vae", "image_encoder",
                                            "cc_projection", "scheduler", "feature_extractor"))
+
+
+def is_within(path, folder) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (symlinks resolved)."""
+    path, folder = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
+    return path == folder or folder in path.parents
 
 
 def _nearest_existing(path: Path, flag: str) -> Path:
