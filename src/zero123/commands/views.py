@@ -63,7 +63,7 @@ def run(args) -> int:
     from ..utils.outputs import VIEWS_OUTPUTS, check_output_dir
 
     check_output_dir(args.out, VIEWS_OUTPUTS)  # fail fast on a bad --out or image before loading the model
-    load_image(args.image)
+    image = load_image(args.image)
     tau = None if args.noise_scale is None else check_noise_scale(args.noise_scale)
     device, dtype = resolve_device_dtype(args)
     n = max(len(args.azimuth), len(args.elevation), len(args.radius))
@@ -79,7 +79,7 @@ def run(args) -> int:
     if args.fast:
         pipe.enable_fast_path()
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    out = pipe(args.image, elevations, azimuths, radii, input_elevation=args.input_elevation,
+    out = pipe(image, elevations, azimuths, radii, input_elevation=args.input_elevation,
                num_inference_steps=args.steps, guidance_scale=args.guidance_scale, eta=args.eta,
                generator=generator, recentre=not args.no_recentre, progress=True)
     out_dir = Path(args.out).expanduser()
