@@ -5,8 +5,9 @@ import json
 import os
 import stat
 
+import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from zero123.cli import main
 from zero123.errors import Zero123Error
@@ -29,10 +30,11 @@ def mode(path) -> int:
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory):
+    """A red block on a plain light background (segmented by border colour)."""
+    rgb = np.full((90, 120, 3), 250, np.uint8)
+    rgb[20:80, 30:70] = (180, 40, 40)
     path = tmp_path_factory.mktemp("img") / "obj.png"
-    im = Image.new("RGB", (120, 90), (250, 250, 250))
-    ImageDraw.Draw(im).rectangle([30, 20, 70, 80], fill=(180, 40, 40))
-    im.save(path)
+    Image.fromarray(rgb).save(path)
     return path
 
 

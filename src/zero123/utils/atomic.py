@@ -101,8 +101,9 @@ def replace_folder(src, dst) -> Path:
 @contextlib.contextmanager
 def atomic_folder(path) -> Iterator[Path]:
     """``with atomic_folder(out) as tmp:`` fill ``tmp`` (a new empty hidden sibling of ``out``); on a normal exit
-    it replaces ``out`` whole (:func:`replace_folder`), on an exception it is deleted and ``out`` is untouched."""
-    path = Path(path)
+    it replaces ``out`` whole (:func:`replace_folder`), on an exception it is deleted and ``out`` is untouched.
+    ``out`` is resolved first: ``--out .`` or a symlink to a folder replace the folder itself."""
+    path = Path(path).expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
