@@ -115,3 +115,25 @@ def test_to3d_replaces_an_earlier_run_whole_ctrl_c_names_the_state_and_resume_co
     res = to3d(out / "input_rgba.png", out_dir=out, resume=out, model=model, progress=False, export=False)
     assert res.steps == 1 and load_checkpoint(out)["step"] == 1 and (out / "notes.txt").exists()
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "input_rgba.png", "notes.txt", "result.json"]
+
+
+def test_to3d_rerun_in_a_text_to_3d_folder_keeps_its_images(model, tmp_path):
+    """`zero123 to3d DIR/input_rgba.png --out DIR` (text-to-3d's rerun hint): text-to-3d's files stay, to3d's own
+    earlier files go; a plain to3d folder rerun on its own input_rgba.png keeps an input."""
+    out = tmp_path / "dog"
+    (out / "candidates").mkdir(parents=True)
+    (out / "candidates" / "00.png").write_bytes(b"png")
+    (out / "text_to_3d.json").write_text("{}")
+    object_image().save(out / "input_rgba.png")
+    (out / "turntable.gif").write_bytes(b"old")
+    before = (out / "input_rgba.png").read_bytes()
+    to3d(out / "input_rgba.png", out_dir=out, preset="tiny", steps=1, model=model, progress=False, export=False)
+    assert sorted(p.name for p in out.iterdir()) == ["candidates", "checkpoints", "input_rgba.png", "result.json",
+                                                     "text_to_3d.json"]
+    assert (out / "input_rgba.png").read_bytes() == before and (out / "candidates" / "00.png").exists()
+    (out / "text_to_3d.json").unlink()
+    import shutil
+
+    shutil.rmtree(out / "candidates")
+    to3d(out / "input_rgba.png", out_dir=out, preset="tiny", steps=1, model=model, progress=False, export=False)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "input_rgba.png", "result.json"]

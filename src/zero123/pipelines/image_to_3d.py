@@ -389,13 +389,17 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
     from tqdm.auto import tqdm
 
     from ..utils.atomic import reset_folder
-    from ..utils.outputs import TO3D_OUTPUTS, check_output_dir, is_within
+    from ..utils.outputs import TEXT_TO_3D_OUTPUTS, TO3D_OUTPUTS, check_output_dir, is_within, remove_outputs
 
     out_dir = Path(out_dir).expanduser()
     in_place = resume is not None and is_within(resume, out_dir)
-    out_status = check_output_dir(out_dir, TO3D_OUTPUTS, keep=in_place or not replace_outputs)
+    # a text-to-3d folder (rerun of its 3D stage): its images are kept, to3d's own earlier files replaced
+    shared = (out_dir / "text_to_3d.json").is_file()
+    out_status = check_output_dir(out_dir, TEXT_TO_3D_OUTPUTS if shared else TO3D_OUTPUTS,
+                                  keep=in_place or not replace_outputs)
     if variant is not None and variant not in ("zero123", "stable_zero123"):
         raise Zero123Error(f"unknown variant {variant!r}: use zero123 or stable_zero123")
+    image_arg = image
     if isinstance(image, (str, Path)):
         from ..preprocessing import load_image
 
@@ -435,12 +439,17 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
     try:
         t_start = time.perf_counter()
         reference = prepare_reference(image, cfg.reference_image_size, model.image_size)
-        if out_status == "replace":
+        same_input = isinstance(image_arg, (str, Path)) and (out_dir / INPUT_RGBA_NAME).is_file() and \
+            (out_dir / INPUT_RGBA_NAME).samefile(image_arg)
+        if out_status == "replace" and shared:
+            remove_outputs(out_dir, TO3D_OUTPUTS, keep=(INPUT_RGBA_NAME,) if same_input else ())
+        elif out_status == "replace":
             reset_folder(out_dir)  # an earlier run's files are replaced whole, never mixed with this run's
         out_dir.mkdir(parents=True, exist_ok=True)
         from ..export.writers import write_png
 
-        write_png(np.asarray(reference.rgba_image.convert("RGBA")), out_dir / INPUT_RGBA_NAME)
+        if not (same_input and (out_dir / INPUT_RGBA_NAME).exists()):  # the input itself may be DIR/input_rgba.png
+            write_png(np.asarray(reference.rgba_image.convert("RGBA")), out_dir / INPUT_RGBA_NAME)
         trainer = ImageTo3DTrainer(model, reference, cfg, seed=seed)
         if state is not None:
             trainer.load_state_dict(state)

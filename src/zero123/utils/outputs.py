@@ -102,6 +102,16 @@ def check_output_dir(path, layout: OutputLayout, flag: str = "--out", keep: bool
     return "replace"
 
 
+def remove_outputs(path, layout: OutputLayout, keep: tuple[str, ...] = ()) -> None:
+    """Delete the entries of folder ``path`` that ``layout`` owns (an earlier run's files), except ``keep``; other
+    entries stay. For a folder shared by two commands (``to3d`` rerun in a ``text-to-3d`` folder)."""
+    import shutil
+
+    for entry in Path(path).iterdir():
+        if layout.owns(entry.name) and entry.name not in keep:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
 def check_output_file(path, flag: str = "--out") -> Path:
     """Check an output file path: not a folder, not under a file, its folder writable."""
     path = Path(path).expanduser()
