@@ -144,11 +144,11 @@ def test_unwritable_folders_are_refused(tmp_path, monkeypatch):
 def test_views_replaces_its_earlier_output_whole(tmp_path, photo, fixtures_dir, capsys, umask):
     ckpt = str(fixtures_dir / "tiny_zero123_ldm.ckpt")
     out = tmp_path / "views"
-    base = ["views", str(photo), "--checkpoint", ckpt, "--steps", "2", "--out", str(out)]
-    assert main(base + ["--azimuth", "90,180", "270"]) == 0  # commas and spaces mixed
-    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "input_rgba.png", "view_00.png", "view_01.png",
-                                                     "view_02.png", "views.json"]
-    assert main(base + ["--azimuth", "-45"]) == 0
+    out.mkdir()
+    for name in ("grid.png", "input_rgba.png", "view_00.png", "view_01.png", "view_02.png", "views.json"):
+        (out / name).write_bytes(b"an earlier run of three views")
+    (out / "view_00.png").chmod(0o600)  # as the old writer left them
+    assert main(["views", str(photo), "--checkpoint", ckpt, "--steps", "2", "--out", str(out), "--azimuth", "-45"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["grid.png", "input_rgba.png", "view_00.png", "views.json"]
     assert [v["file"] for v in json.loads((out / "views.json").read_text())["views"]] == ["view_00.png"]
     assert {mode(p) for p in out.iterdir()} == {0o644} and mode(out) == 0o755
