@@ -72,7 +72,7 @@ def test_score_and_choose_with_plain_background_segmentation():
 def test_rerun_command():
     cmd = rerun_command(Path("/tmp/my out"), "sz.ckpt", preset="fast", steps=100, seed=3, input_elevation=10.0)
     assert cmd == ("zero123 to3d '/tmp/my out/input_rgba.png' --out '/tmp/my out' --checkpoint sz.ckpt "
-                   "--preset fast --steps 100 --seed 3 --elevation 10.0")
+                   "--preset fast --steps 100 --seed 3 --input-elevation 10.0")
 
 
 # ----- the API, image stages --------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_to3d_end_to_end_writes_files_that_reload(model, tmp_path):
     assert len(frames) == 4 and frames[0].shape == (32, 32, 3)
     assert len(imageio.mimread(res.gif)) == 4
     assert Image.open(res.preview).size[0] > 32 * 4
-    assert (tmp_path / "run" / "result.json").exists() and (tmp_path / "run" / "input.png").exists()
+    assert (tmp_path / "run" / "result.json").exists() and (tmp_path / "run" / "input_rgba.png").exists()
     state = load_checkpoint(tmp_path / "run")
     assert state["step"] == 4
 

@@ -17,12 +17,20 @@ Foreground:
 
 Photos larger than ``SEGMENTATION_MAX_SIDE`` (1024 px) are downscaled (Lanczos) before segmentation, with one
 line on stderr, so memory and time stay bounded; the model input (256 px) loses nothing from it.
+
+Reading (:func:`load_image`): PNG, JPEG, WebP, BMP, TIFF, GIF (first frame), ... in any mode (palette, grayscale,
+16-bit, CMYK, with or without alpha) come out as 8-bit ``RGB`` or ``RGBA``, EXIF orientation applied. Images over
+``MAX_PIXELS`` are refused from their header, before decoding; images whose longer side exceeds
+``MAX_WORKING_SIDE`` are reduced while decoding (JPEG's DCT scaling via ``Image.draft``, then a box/Lanczos
+reduction) and the reduction is said in one logged line: an 8000 x 8000 photo costs tens of MB, not GBs.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,21 +46,61 @@ SEGMENTATION_MAX_SIDE = 1024
 #: ``method=`` values: auto (alpha, else mask / matting model when given, else plain rule when the border is
 #: plain, else built-in), plain (the plain-background rule only), builtin, matting (needs ``matting_model``).
 SEGMENTATION_METHODS = ("auto", "plain", "builtin", "matting")
+#: largest image accepted, in pixels (checked from the file's header, before decoding)
+MAX_PIXELS = 100_000_000
+#: longer side an image is reduced to while it is read (the model sees 256 px; masks need no more)
+MAX_WORKING_SIDE = 2048
+
+logger = logging.getLogger(__name__)
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> ``RGBA`` (when it has an alpha channel or palette transparency) or ``RGB``, 8 bits."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16-bit / 32-bit grayscale
+        arr = np.asarray(im, dtype=np.float64)
+        scale = 1.0 if im.mode == "F" and arr.max(initial=0) <= 1.0 else 65535.0
+        im = Image.fromarray((np.clip(arr / scale, 0, 1) * 255).round().astype(np.uint8), "L")
+    has_alpha_channel = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or \
+        (im.mode == "P" and "transparency" in im.info)
+    target = "RGBA" if has_alpha_channel else "RGB"
+    return im if im.mode == target else im.convert(target)
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file (EXIF orientation applied); one-line errors for missing or non-image files."""
+    """Read an image file as 8-bit ``RGB``/``RGBA`` (see the module docstring: formats, EXIF orientation,
+    ``MAX_PIXELS`` checked before decoding, reduction to ``MAX_WORKING_SIDE``); one-line ``Zero123Error`` s for a
+    missing, unreadable, truncated or too large file."""
     path = Path(path)
     if not path.exists():
         raise Zero123Error(f"image not found: {path}")
     if path.is_dir():
         raise Zero123Error(f"{path} is a folder, not an image")
+    limit = f"zero123 reads images of up to {MAX_PIXELS / 1e6:.0f} megapixels: downscale it first"
     try:
-        with Image.open(path) as im:
-            im.load()
-            return ImageOps.exif_transpose(im)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise Zero123Error(f"{path} is not a readable image ({type(exc).__name__})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise Zero123Error(f"{path} is {w}x{h} pixels ({w * h / 1e6:.0f} megapixels); {limit}")
+                box = (MAX_WORKING_SIDE, MAX_WORKING_SIDE)
+                if max(w, h) > MAX_WORKING_SIDE:
+                    im.draft(None, box)  # JPEG: DCT-scaled decoding at 1/2..1/8, still >= box; others: no-op
+                im.load()
+                if max(im.size) > MAX_WORKING_SIDE and im.mode in ("RGB", "RGBA", "L", "LA", "P", "CMYK", "YCbCr"):
+                    im.thumbnail(box, Image.Resampling.LANCZOS, reducing_gap=2.0)
+                out = _to_8bit(ImageOps.exif_transpose(im))
+            if max(out.size) > MAX_WORKING_SIDE:  # 16-bit and other modes: reduced after the conversion
+                out.thumbnail(box, Image.Resampling.LANCZOS)
+            if max(w, h) > MAX_WORKING_SIDE:
+                logger.warning("%s is %dx%d pixels: read at %dx%d", path, w, h, *out.size)
+            return out
+    except Image.DecompressionBombError:
+        raise Zero123Error(f"{path} has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; {limit}") \
+            from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Zero123Error(f"{path} is not a readable image ({first})") from None
 
 
 def _as_pil(image) -> Image.Image:

@@ -4,8 +4,49 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
-from pathlib import Path
+
+from ..utils.atomic import atomic_save_image  # noqa: F401  (the package's one atomic writer)
+
+
+def _numbers(text: str) -> list[float]:
+    """``"90,180"`` / ``"90"`` -> ``[90.0, 180.0]`` / ``[90.0]`` (an argparse ``type``)."""
+    parts = [t.strip() for t in text.split(",")]
+    try:
+        values = [float(t) for t in parts if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by spaces or commas, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
+    return values
+
+
+class _NumberList(argparse.Action):
+    """Flattens ``--azimuth 90,180 270`` -> ``[90, 180, 270]``; ``count`` (optional) is the required length."""
+
+    def __init__(self, *args, count: int | None = None, **kwargs):
+        self.count = count
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        flat = [v for chunk in values for v in chunk]
+        if self.count is not None and len(flat) != self.count:
+            parser.error(f"{option_string} takes {self.count} numbers, got {len(flat)}")
+        setattr(namespace, self.dest, flat)
+
+
+def add_number_list(p, *flags, count: int | None = None, **kwargs):
+    """A list option that takes spaces or commas: ``--azimuth 90 180``, ``--azimuth 90,180``,
+    ``--azimuth=-45,45`` (and ``--azimuth -45,45``: see :func:`allow_negative_lists`)."""
+    return p.add_argument(*flags, nargs="+", type=_numbers, action=_NumberList, count=count, **kwargs)
+
+
+def allow_negative_lists(parser: argparse.ArgumentParser) -> None:
+    """Let ``--azimuth -45,45`` through: argparse takes an argument that starts with "-" for an option unless it
+    looks like one negative number, so widen its (private, long-stable) matcher to comma lists of numbers."""
+    import re
+
+    if hasattr(parser, "_negative_number_matcher"):
+        parser._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(,[-+]?[\d.eE+-]*)*$")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -42,20 +83,6 @@ def resolve_device_dtype(args):
 
         raise Zero123Error(f"--device {device} requested but CUDA is not available on this machine")
     return device, dtype
-
-
-def atomic_save_image(image, path: Path) -> None:
-    """Save a PIL image via a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def image_grid(images, columns: int | None = None):

@@ -19,7 +19,9 @@ def add_parser(sub, name, summary):
 
 def run(args) -> int:
     from ..loading import load_model, save_pretrained
+    from ..utils.outputs import CONVERT_OUTPUTS, check_output_dir
 
+    check_output_dir(args.output, CONVERT_OUTPUTS, flag="OUTPUT")  # an earlier conversion is replaced whole
     model, report = load_model(args.input, variant=args.variant, use_ema=not args.no_ema, return_report=True)
     save_pretrained(model, args.output, half=args.half, int8_unet=args.int8)
     print(f"converted {report.source} ({report.variant}, {'EMA' if report.uses_ema else 'plain'} weights, "

@@ -56,6 +56,10 @@ def run(args) -> int:
         raise Zero123Error(f"--samples must be >= 1, got {args.samples}")
     if args.noise_scale is not None:
         check_noise_scale(args.noise_scale)
+    if args.out:
+        from ..utils.outputs import check_output_file
+
+        check_output_file(args.out)
     manifest = layout.read_manifest(args.data)
     pairs = select_pairs(args.data, args.split, args.pairs_per_object, args.seed, args.max_objects, manifest)
     lpips = load_lpips(args.lpips_weights) if args.lpips_weights else None

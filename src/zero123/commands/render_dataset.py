@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ._common import add_number_list, allow_negative_lists
+
 EPILOG = """examples:
   zero123 render-dataset --out data/proc --procedural 2000 --views 12 --size 256
   zero123 render-dataset --out data/mine --meshes models/ 'scans/**/*.glb' --up y
@@ -36,10 +38,10 @@ def add_parser(sub, name, summary):
     r.add_argument("--views", type=int, default=12, help="views per object (default 12)")
     r.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     r.add_argument("--fov", type=float, default=49.1, metavar="DEG", help="vertical field of view (default 49.1)")
-    r.add_argument("--elevation-range", type=float, nargs=2, default=[-20.0, 70.0], metavar=("LO", "HI"),
-                   help="camera elevation range in degrees (default -20 70)")
-    r.add_argument("--distance-range", type=float, nargs=2, default=[1.5, 2.2], metavar=("LO", "HI"),
-                   help="camera distance range; the object's largest side is 1 (default 1.5 2.2)")
+    add_number_list(r, "--elevation-range", count=2, default=[-20.0, 70.0], metavar=("LO", "HI"),
+                    help="camera elevation range in degrees, spaces or a comma (default -20 70)")
+    add_number_list(r, "--distance-range", count=2, default=[1.5, 2.2], metavar=("LO", "HI"),
+                    help="camera distance range; the object's largest side is 1 (default 1.5 2.2)")
     r.add_argument("--samples", type=int, default=2, help="supersampling per axis for anti-aliasing (default 2)")
     r.add_argument("--seed", type=int, default=0, help="seed for objects, cameras, lights and splits")
     r.add_argument("--test-fraction", type=float, default=0.1, help="held-out test objects (default 0.1)")
@@ -50,6 +52,7 @@ def add_parser(sub, name, summary):
                         "the whole render); join the N shard folders with `zero123 merge-datasets`")
     r.add_argument("--overwrite", action="store_true", help="replace an existing dataset in ROOT")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    allow_negative_lists(p)
     return p
 
 
@@ -63,6 +66,9 @@ def run(args) -> int:
         raise Zero123Error(f"--procedural must be >= 0, got {args.procedural}")
     if args.workers is not None and args.workers < 1:
         raise Zero123Error(f"--workers must be >= 1, got {args.workers}")
+    from ..utils.outputs import DATASET_OUTPUTS, check_output_dir
+
+    check_output_dir(args.out, DATASET_OUTPUTS, keep=True)  # a file / unwritable --out, before any rendering
     shard = Shard.parse(args.shard) if args.shard is not None else None
     sources = procedural_sources(args.procedural, seed=args.seed)
     if args.meshes:

@@ -69,9 +69,11 @@ def add_parser(sub, name, summary):
                    help="image-to-3D preset of `zero123 to3d`: auto (default on a GPU, cpu on a CPU), default (the "
                         "recipe, 600 steps), fast, cpu, tiny")
     g.add_argument("--steps", type=int, default=None, metavar="N", help="SDS optimisation steps (default: from --preset)")
-    g.add_argument("--elevation", "--input-elevation", type=float, default=None, metavar="DEG",
-                   dest="input_elevation",
+    g.add_argument("--input-elevation", type=float, default=None, metavar="DEG",
                    help="elevation of the generated image's viewpoint in degrees (default: to3d's, 5)")
+    g.add_argument("--elevation", type=float, default=None, dest="renamed_elevation", help=argparse.SUPPRESS)
+    g.add_argument("--variant", choices=["zero123", "stable_zero123"], default=None,
+                   help="camera conditioning of --checkpoint (default: from the folder's config or the file name)")
     g.add_argument("--resume", metavar="DIR", default=None,
                    help="continue an interrupted 3D stage from DIR/checkpoints/state.pt (the images are made again, "
                         "identically; `zero123 to3d DIR/input_rgba.png --resume DIR` skips them)")
@@ -84,24 +86,35 @@ def add_parser(sub, name, summary):
 
 
 def run(args) -> int:
+    import sys
+
     import torch
 
     from ..errors import Zero123Error
-    from ..pipelines.text_to_3d import text_to_3d
+    from ..pipelines.image_to_3d import Interrupted
+    from ..pipelines.text_to_3d import INPUT_RGBA_NAME, text_to_3d
+    from .to3d import interrupted_message, renamed_elevation_error, resume_command
 
+    renamed_elevation_error(args)
     if args.device and str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise Zero123Error(f"--device {args.device} requested but CUDA is not available on this machine")
     foreground = foreground_kwargs(args)
-    result = text_to_3d(
-        args.prompt, args.t2i_model, args.checkpoint, args.out,
-        t2i_config=args.t2i_config, t2i_preset=None if args.t2i_preset == "auto" else args.t2i_preset,
-        t2i_steps=args.t2i_steps, t2i_guidance=args.t2i_guidance, t2i_size=args.t2i_size, t2i_dtype=args.t2i_dtype,
-        prompt_template=args.prompt_template, negative_prompt=args.negative_prompt or None,
-        num_candidates=args.num_candidates, pick=args.pick, **foreground,
-        cpu_offload=args.cpu_offload, rgba_size=args.rgba_size, preset=args.preset, steps=args.steps,
-        seed=args.seed, device=args.device, dtype=args.dtype, input_elevation=args.input_elevation,
-        resume=args.resume, skip_3d=args.no_3d, progress=True,
-    )
+    try:
+        result = text_to_3d(
+            args.prompt, args.t2i_model, args.checkpoint, args.out,
+            t2i_config=args.t2i_config, t2i_preset=None if args.t2i_preset == "auto" else args.t2i_preset,
+            t2i_steps=args.t2i_steps, t2i_guidance=args.t2i_guidance, t2i_size=args.t2i_size,
+            t2i_dtype=args.t2i_dtype, prompt_template=args.prompt_template,
+            negative_prompt=args.negative_prompt or None, num_candidates=args.num_candidates, pick=args.pick,
+            **foreground,
+            cpu_offload=args.cpu_offload, rgba_size=args.rgba_size, preset=args.preset, steps=args.steps,
+            seed=args.seed, device=args.device, dtype=args.dtype, input_elevation=args.input_elevation,
+            resume=args.resume, skip_3d=args.no_3d, progress=True, variant=args.variant,
+        )
+    except Interrupted as exc:
+        command = resume_command(exc.out_dir / INPUT_RGBA_NAME, exc.out_dir, args)
+        print(interrupted_message(exc, command), file=sys.stderr)
+        return 130
     print(f"candidates: {result.scores_path.parent}  (chosen {result.chosen:02d} by {result.chosen_by}, "
           f"score {result.scores[result.chosen]['score']:.3f})")
     print(f"input image: {result.input_rgba}")

@@ -6,6 +6,10 @@ Examples::
     zero123 to3d chair.png --checkpoint stable_zero123.ckpt --out chair3d
     zero123 to3d chair.png --checkpoint ckpt --out chair3d --preset fast --steps 200 --seed 1
     zero123 to3d chair.png --checkpoint ckpt --out chair3d --resume chair3d     # continue after Ctrl-C
+    zero123 to3d toy.png --checkpoint my_model.ckpt --variant stable_zero123 --input-elevation 15 --out toy3d
+
+An earlier to3d output in --out is replaced whole; a folder holding other files is refused. --input-elevation is
+the photo's own elevation, as in `views` and `text-to-3d` (views' --elevation is a change of elevation).
 """
 
 from __future__ import annotations
@@ -31,9 +35,13 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
                         "fast: 300 steps at lower resolution; cpu: 200 small steps, minutes on a CPU; tiny: smoke tests")
     p.add_argument("--steps", type=int, default=None, help="number of optimisation steps (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--elevation", type=float, default=None, dest="input_elevation",
+    p.add_argument("--input-elevation", type=float, default=None, metavar="DEG",
                    help="elevation of the photo's viewpoint in degrees (default: estimated from the photo with "
                         "the model, printed; see zero123.elevation)")
+    p.add_argument("--elevation", type=float, default=None, dest="renamed_elevation", help=argparse.SUPPRESS)
+    p.add_argument("--variant", choices=["zero123", "stable_zero123"], default=None,
+                   help="camera conditioning of the checkpoint (default: from the folder's config or the file "
+                        "name: names with 'stable' or '123c' mean stable_zero123)")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue a previous run from DIR/checkpoints/state.pt (its settings are reused)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
@@ -44,17 +52,59 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
+def renamed_elevation_error(args):
+    """The one-line error for the old spelling ``--elevation`` of the photo's elevation (to3d, text-to-3d)."""
     from ..errors import Zero123Error
-    from ..pipelines.image_to_3d import to3d
 
+    if getattr(args, "renamed_elevation", None) is not None:
+        raise Zero123Error(f"the photo's elevation is --input-elevation {args.renamed_elevation:g} (in every command; "
+                           "--elevation is views' change of elevation)")
+
+
+def resume_command(image, out_dir, args) -> str:
+    """The exact ``zero123 to3d`` command line that continues an interrupted run into ``out_dir``."""
+    import shlex
+
+    cmd = ["zero123", "to3d", str(image), "--out", str(out_dir), "--resume", str(out_dir)]
+    for flag, value in (("--checkpoint", args.checkpoint), ("--variant", args.variant), ("--steps", args.steps),
+                        ("--device", args.device), ("--dtype", args.dtype),
+                        ("--segmentation", _unless(getattr(args, "segmentation", None), "auto")),
+                        ("--mask", getattr(args, "mask", None)),
+                        ("--matting-model", getattr(args, "matting_model", None)),
+                        ("--matting-kind", _unless(getattr(args, "matting_kind", None), "auto"))):
+        if value is not None:
+            cmd += [flag, str(value)]
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+def _unless(value, default):
+    return None if value == default else value
+
+
+def interrupted_message(exc, command: str) -> str:
+    """What Ctrl-C prints: the saved state and the command that continues (``exc``: ``image_to_3d.Interrupted``)."""
+    return (f"zero123: interrupted at step {exc.step} of {exc.steps}; the state is saved in {exc.checkpoint}\n"
+            f"resume with: {command}")
+
+
+def run(args) -> int:
+    import sys
+
+    from ..errors import Zero123Error
+    from ..pipelines.image_to_3d import Interrupted, to3d
+
+    renamed_elevation_error(args)
     if args.steps is not None and args.steps < 1:
         raise Zero123Error(f"--steps must be >= 1, got {args.steps}")
     foreground = foreground_kwargs(args, args.image)  # checked before the model is loaded
-    result = to3d(args.image, args.checkpoint, args.out, preset=args.preset, steps=args.steps, seed=args.seed,
-                  device=args.device, dtype=args.dtype, resume=args.resume,
-                  input_elevation="auto" if args.input_elevation is None else args.input_elevation,
-                  progress=not args.no_progress, **foreground)
+    try:
+        result = to3d(args.image, args.checkpoint, args.out, preset=args.preset, steps=args.steps, seed=args.seed,
+                      device=args.device, dtype=args.dtype, resume=args.resume,
+                      input_elevation="auto" if args.input_elevation is None else args.input_elevation,
+                      progress=not args.no_progress, variant=args.variant, **foreground)
+    except Interrupted as exc:
+        print(interrupted_message(exc, resume_command(args.image, exc.out_dir, args)), file=sys.stderr)
+        return 130
     print(f"mesh: {result.obj} ({result.num_vertices} vertices, {result.num_faces} faces)")
     print(f"      {result.glb}")
     print(f"      {result.ply}")

@@ -6,16 +6,19 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import (add_foreground_options, add_model_options, add_sampling_options, atomic_save_image,
-                      foreground_kwargs, image_grid, resolve_device_dtype)
+from ._common import (add_foreground_options, add_model_options, add_number_list, add_sampling_options,
+                      allow_negative_lists, atomic_save_image, foreground_kwargs, image_grid, resolve_device_dtype)
 
 EPILOG = """examples:
   zero123 views mug.png --azimuth 90 180 270 --out views/
-  zero123 views toy_rgba.png --checkpoint stable_zero123.ckpt --elevation 20 20 --azimuth -45 45 --out out/
+  zero123 views toy_rgba.png --checkpoint stable_zero123.ckpt --input-elevation 10 --elevation 20 --azimuth -45,45 --out out/
 camera changes are relative to the input photo: elevation (degrees, up is positive), azimuth (degrees,
-counter-clockwise seen from above), radius (world units, positive = further away). One value for
---elevation/--radius is repeated for every azimuth. Writes view_00.png ... and grid.png (input first), and
-mask.png (the foreground found in the photo: see --segmentation, --mask, --matting-model)."""
+counter-clockwise seen from above), radius (world units, positive = further away). --elevation is such a
+change; the photo's own elevation is --input-elevation, as in to3d and text-to-3d. Lists take spaces or commas
+(--azimuth 90 180, --azimuth 90,180). One value for --elevation/--radius is repeated for every azimuth.
+Writes input_rgba.png, mask.png (the foreground found in the photo: see --segmentation, --mask,
+--matting-model), view_00.png ..., grid.png (input first) and views.json; an earlier views output in DIR
+is replaced whole, a folder holding other files is refused."""
 
 
 def add_parser(sub, name, summary):
@@ -23,12 +26,12 @@ def add_parser(sub, name, summary):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", help="photo of one object: RGBA with the background removed, or any RGB photo (its "
                    "background is removed: see --segmentation)")
-    p.add_argument("--elevation", "-e", type=float, nargs="+", default=[0.0], metavar="DEG",
-                   help="elevation change(s) in degrees (default 0)")
-    p.add_argument("--azimuth", "-a", type=float, nargs="+", default=[90.0, 180.0, 270.0], metavar="DEG",
-                   help="azimuth change(s) in degrees (default 90 180 270)")
-    p.add_argument("--radius", "-r", type=float, nargs="+", default=[0.0], metavar="D",
-                   help="distance change(s), world units (default 0)")
+    add_number_list(p, "--elevation", "-e", default=[0.0], metavar="DEG",
+                    help="elevation change(s) in degrees, relative to the photo (default 0); the photo's own "
+                         "elevation is --input-elevation")
+    add_number_list(p, "--azimuth", "-a", default=[90.0, 180.0, 270.0], metavar="DEG",
+                    help="azimuth change(s) in degrees, spaces or commas (default 90 180 270)")
+    add_number_list(p, "--radius", "-r", default=[0.0], metavar="D", help="distance change(s), world units (default 0)")
     p.add_argument("--input-elevation", type=float, default=None, metavar="DEG",
                    help="elevation of the input photo (Stable Zero123 uses it; default: estimated from the photo "
                         "for stable_zero123, see zero123.elevation)")
@@ -41,6 +44,7 @@ def add_parser(sub, name, summary):
                    help="use the image as is (already centred on white at the model's size)")
     add_foreground_options(p)
     add_model_options(p)
+    allow_negative_lists(p)
     return p
 
 
@@ -59,8 +63,11 @@ def run(args) -> int:
 
     from ..pipelines.zero123_pipeline import Zero123Pipeline, check_noise_scale
     from ..preprocessing import load_image
+    from ..utils.atomic import atomic_folder
+    from ..utils.outputs import VIEWS_OUTPUTS, check_output_dir
 
-    image = load_image(args.image)  # fail fast on a bad image (or mask / matting model) before loading the model
+    check_output_dir(args.out, VIEWS_OUTPUTS)  # fail fast on a bad --out, image, mask or matting model
+    image = load_image(args.image)  # before loading the model
     foreground = foreground_kwargs(args, image) if not args.no_recentre else {}
     tau = None if args.noise_scale is None else check_noise_scale(args.noise_scale)
     device, dtype = resolve_device_dtype(args)
@@ -75,7 +82,7 @@ def run(args) -> int:
     if input_elevation is None and pipe.needs_input_elevation():
         from ..elevation import describe, estimate_input_elevation
 
-        prepared = pipe.prepare_image(args.image, recentre=not args.no_recentre, **foreground)
+        prepared = pipe.prepare_image(image, recentre=not args.no_recentre, **foreground)
         estimate = estimate_input_elevation(pipe, prepared, seed=args.seed)
         input_elevation = estimate.degrees
         print(describe(estimate))
@@ -85,17 +92,10 @@ def run(args) -> int:
     if args.fast:
         pipe.enable_fast_path()
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    out = pipe(args.image, elevations, azimuths, radii, input_elevation=input_elevation,
+    out = pipe(image, elevations, azimuths, radii, input_elevation=input_elevation,
                num_inference_steps=args.steps, guidance_scale=args.guidance_scale, eta=args.eta,
                generator=generator, recentre=not args.no_recentre, progress=True, **foreground)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_save_image(out.input_image.rgba, out_dir / "input_rgba.png")
-    if out.input_image.mask is not None:
-        atomic_save_image(out.input_image.mask_image(), out_dir / "mask.png")
-    for i, im in enumerate(out.images):
-        atomic_save_image(im, out_dir / f"view_{i:02d}.png")
-    atomic_save_image(image_grid([out.input_image.rgb] + out.images), out_dir / "grid.png")
+    out_dir = Path(args.out).expanduser()
     meta = {"checkpoint": args.checkpoint or "bundled", "variant": pipe.model.variant.value, "seed": args.seed,
             "steps": args.steps, "guidance_scale": args.guidance_scale, "eta": args.eta,
             "noise_scale": pipe.noise_scale,
@@ -105,6 +105,13 @@ def run(args) -> int:
             "elevation_estimate": estimate.as_dict() if estimate else None,
             "views": [{"file": f"view_{i:02d}.png", "delta_elevation": e, "delta_azimuth": a, "delta_radius": r}
                       for i, (e, a, r) in enumerate(zip(elevations, azimuths, radii))]}
-    (out_dir / "views.json").write_text(json.dumps(meta, indent=2) + "\n")
+    with atomic_folder(out_dir) as tmp:  # an earlier output in out_dir is replaced whole, never mixed
+        atomic_save_image(out.input_image.rgba, tmp / "input_rgba.png")
+        if out.input_image.mask is not None:
+            atomic_save_image(out.input_image.mask_image(), tmp / "mask.png")
+        for i, im in enumerate(out.images):
+            atomic_save_image(im, tmp / f"view_{i:02d}.png")
+        atomic_save_image(image_grid([out.input_image.rgb] + out.images), tmp / "grid.png")
+        (tmp / "views.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"wrote {n} views and grid.png to {out_dir}")
     return 0

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
@@ -160,16 +159,9 @@ class Manifest:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ..utils.atomic import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
 
 
 def write_manifest(root: PathLike, manifest: Manifest) -> Path:
@@ -208,10 +200,10 @@ def write_view(root: PathLike, object_id: str, index: int, rgba: np.ndarray, c2w
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, format="PNG", compress_level=4)
     _atomic_write_bytes(image_path(root, object_id, index), buf.getvalue())
-    cpath = camera_path(root, object_id, index)
-    tmp = cpath.with_name("." + cpath.stem + ".tmp.npy")
-    save_zero123_rt(tmp, torch.as_tensor(c2w, dtype=torch.float32))
-    os.replace(tmp, cpath)
+    from ..utils.atomic import atomic_write
+
+    atomic_write(camera_path(root, object_id, index),
+                 lambda tmp: save_zero123_rt(tmp, torch.as_tensor(c2w, dtype=torch.float32)))
 
 
 def read_view_rgba(root: PathLike, object_id: str, index: int) -> np.ndarray:

@@ -18,8 +18,6 @@ render of the same objects writes (``manifest.json`` byte for byte) and the link
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -94,17 +92,13 @@ def merge_datasets(out: layout.PathLike, roots: Sequence[layout.PathLike]) -> la
                                    views_per_object=max(m.views_per_object for _, m in sources), objects=objects,
                                    skipped=skipped, settings={"merged_from": [{"root": str(r), "settings": m.settings}
                                                                               for r, m in sources]})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    from ..utils.atomic import atomic_folder
+
+    with atomic_folder(out) as tmp:
         for o in objects:
             target = owner[o.id] / o.id
             if not target.is_dir():
                 raise Zero123Error(f"{owner[o.id]}: object folder {o.id!r} of its manifest is missing")
             os.symlink(target, tmp / o.id, target_is_directory=True)
         layout.write_manifest(tmp, manifest)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -122,19 +121,10 @@ class EvalResult:
         return {"methods": self.methods, "notes": self.notes, "settings": self.settings, "pairs": self.pairs}
 
     def write_json(self, path) -> Path:
-        """Write atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f, indent=1)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        """Write atomically (:mod:`zero123.utils.atomic`)."""
+        from ..utils.atomic import atomic_write_text
+
+        return atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
 
     def table(self) -> str:
         """A plain-text table: one row per method, mean (and std) of each metric."""

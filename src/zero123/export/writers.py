@@ -1,56 +1,21 @@
 """Atomic file writers for meshes (OBJ+MTL+PNG, GLB, PLY), images, MP4 and GIF.
 
-Every file is written under a temporary name in the destination folder and moved into place with ``os.replace``,
+Every file is written by :mod:`zero123.utils.atomic` (a temporary name in the destination folder, ``os.replace``),
 so an interrupted export never leaves a truncated file under the final name.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import Zero123Error
+from ..utils.atomic import atomic_write, atomic_write_bytes
 
 
-def _tmp_path(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (creating parent folders)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_with(path, writer) -> Path:
-    """Call ``writer(tmp_path)`` then move the result to ``path`` (for libraries that write files themselves;
-    the temporary name keeps ``path``'s suffix so format detection works)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+# the package's one atomic writer (zero123.utils.atomic); ``atomic_write_with(path, writer)`` is its name here
+atomic_write_with = atomic_write
 
 
 def write_obj(mesh, path) -> dict:

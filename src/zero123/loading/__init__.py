@@ -9,9 +9,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,11 +210,10 @@ def save_pretrained(model, folder, half: bool = False, int8_unet: bool = False,
     from transformers import CLIPImageProcessor
 
     from ..schedulers import make_ddim_scheduler
+    from ..utils.atomic import atomic_folder
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         dtype = torch.float16 if half else None
         for name in COMPONENTS:
             module = getattr(model, "camera_projection" if name == "cc_projection" else name)
@@ -241,16 +237,6 @@ def save_pretrained(model, folder, half: bool = False, int8_unet: bool = False,
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

@@ -19,6 +19,8 @@ import torch
 from ..errors import CheckpointError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
+#: ``torch.save``'s legacy (non-zip) format starts with this number, pickled (``torch.serialization.MAGIC_NUMBER``)
+_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
 def _plain_globals() -> list:
@@ -48,6 +50,23 @@ def _check_file(path: Path) -> None:
         raise CheckpointError(f"{path} is empty (0 bytes)")
 
 
+def _check_torch_file(path: Path) -> None:
+    """A one-line error unless ``path`` starts like a ``torch.save`` file: a zip archive, or a pickle that
+    begins with torch's magic number (the legacy format). Random bytes, text, HTML error pages and plain Python
+    pickles are told apart here instead of failing somewhere inside the unpickler."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and _LEGACY_MAGIC in head):
+        return
+    if head[:1] == b"\x80":
+        raise CheckpointError(f"{path} is a plain Python pickle, not a PyTorch checkpoint (torch.save)")
+    what = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head[:32]) else "bytes"
+    raise CheckpointError(f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive or a pickle, "
+                          f"and this file is neither (it starts with {what} "
+                          f"{head[:8].hex(' ') if what == 'bytes' else repr(head[:24].decode('ascii'))}); "
+                          "is it the right file, completely downloaded?")
+
+
 def read_checkpoint_file(path: str | os.PathLike) -> dict:
     """The top-level object of a ``.ckpt``/``.pt``/``.bin`` or ``.safetensors`` file, loaded on the CPU.
 
@@ -64,6 +83,7 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict:
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt): "
                                   f"{str(exc).splitlines()[0]}") from None
+    _check_torch_file(path)
     try:
         with torch.serialization.safe_globals(_plain_globals()):
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))

@@ -39,6 +39,16 @@ from .image_to_3d_config import ImageTo3DConfig, preset_config
 
 CHECKPOINT_NAME = "state.pt"
 CHECKPOINT_VERSION = 1
+INPUT_RGBA_NAME = "input_rgba.png"  # the prepared input, the same name as in `views` and `text-to-3d`
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`to3d`'s optimisation, after the state was saved: ``checkpoint`` (the ``state.pt``
+    written), ``out_dir``, ``step`` (steps done) and ``steps`` (the run's total). Continue with ``resume=out_dir``."""
+
+    def __init__(self, checkpoint: Path, out_dir: Path, step: int, steps: int):
+        super().__init__(f"interrupted at step {step} of {steps}; state saved to {checkpoint}")
+        self.checkpoint, self.out_dir, self.step, self.steps = checkpoint, out_dir, step, steps
 
 
 @dataclass
@@ -380,14 +390,17 @@ def _resolve_dtype(dtype, device: torch.device):
 def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: Optional[int] = None,
          seed: int = 0, device=None, dtype=None, resume=None, input_elevation: Optional[float | str] = None,
          progress: bool = True, model=None, config: Optional[ImageTo3DConfig] = None,
-         export: bool = True, matting_model=None, mask=None, segmentation: str = "auto") -> ImageTo3DResult:
+         export: bool = True, matting_model=None, mask=None, segmentation: str = "auto",
+         variant: Optional[str] = None, replace_outputs: bool = True) -> ImageTo3DResult:
     """Turn one object image into a textured mesh and a turntable video.
 
     Args:
         image: path, PIL image or array of the object (RGBA with alpha, or on a plain background).
         checkpoint: Zero123-family checkpoint (file or diffusers folder); None = the bundled default model.
         out_dir: output folder (created). Files: ``model.obj/.mtl`` + texture, ``model.glb``, ``model.ply``,
-            ``turntable.mp4``, ``turntable.gif``, ``preview.png``, ``input.png``, ``checkpoints/state.pt``.
+            ``turntable.mp4``, ``turntable.gif``, ``preview.png``, ``input_rgba.png``, ``checkpoints/state.pt``,
+            ``result.json``. Checked before any model work (``zero123.utils.outputs``): an earlier to3d output
+            there is replaced whole, other files are refused; ``resume`` from ``out_dir`` continues in place.
         preset: ``auto`` (``default`` on a GPU, ``cpu`` on a CPU), ``default`` (the recipe, 600 steps), ``fast``,
             ``cpu`` (minutes on a CPU with the small bundled model) or ``tiny`` (CPU tests).
         steps: override the preset's number of steps (schedules are compressed/stretched to fit).
@@ -406,12 +419,31 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
             salient-object model (path or callable), the user's own mask (path/PIL/array of the photo's size), and
             the method (``auto``: alpha, else the plain-background rule when the border is plain, else the
             built-in background removal; ``plain``, ``builtin``, ``matting``). The mask is written as ``mask.png``.
+        variant: ``"zero123"`` or ``"stable_zero123"``: the checkpoint's camera conditioning (default: from the
+            folder's config or the file name, as ``zero123 views --variant``).
+        replace_outputs: False writes into ``out_dir`` as it is, beside other files (``text_to_3d`` uses it for
+            its own folder).
     Returns:
-        :class:`ImageTo3DResult`.
+        :class:`ImageTo3DResult`. Ctrl-C saves the state and raises :class:`Interrupted` (a ``KeyboardInterrupt``).
     """
     from tqdm.auto import tqdm
 
-    out_dir = Path(out_dir)
+    from ..utils.atomic import reset_folder
+    from ..utils.outputs import TEXT_TO_3D_OUTPUTS, TO3D_OUTPUTS, check_output_dir, is_within, remove_outputs
+
+    out_dir = Path(out_dir).expanduser()
+    in_place = resume is not None and is_within(resume, out_dir)
+    # a text-to-3d folder (rerun of its 3D stage): its images are kept, to3d's own earlier files replaced
+    shared = (out_dir / "text_to_3d.json").is_file()
+    out_status = check_output_dir(out_dir, TEXT_TO_3D_OUTPUTS if shared else TO3D_OUTPUTS,
+                                  keep=in_place or not replace_outputs)
+    if variant is not None and variant not in ("zero123", "stable_zero123"):
+        raise Zero123Error(f"unknown variant {variant!r}: use zero123 or stable_zero123")
+    image_arg = image
+    if isinstance(image, (str, Path)):
+        from ..preprocessing import load_image
+
+        image = load_image(image)  # a bad image fails now, not after loading the model
     dev = _resolve_device(device, model)
     state = load_checkpoint(resume) if resume is not None else None
     auto_elevation = False
@@ -445,11 +477,13 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
     if model is None:
         from ..loading import load_model
 
-        model = load_model(checkpoint, device=dev, dtype=_resolve_dtype(dtype, dev))
+        model = load_model(checkpoint, variant=variant, device=dev, dtype=_resolve_dtype(dtype, dev))
         if dev.type == "cuda":
             from ..models.optimizations import optimize_for_inference
 
             optimize_for_inference(model)
+    elif variant is not None and getattr(model.variant, "value", model.variant) != variant:
+        raise Zero123Error(f"variant {variant!r} given but the loaded model is {model.variant.value}")
     model.eval()
     grad_flags = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
@@ -465,10 +499,17 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
             cfg.sds.input_elevation = estimate.degrees
             if progress:
                 print(describe(estimate), flush=True)
+        same_input = isinstance(image_arg, (str, Path)) and (out_dir / INPUT_RGBA_NAME).is_file() and \
+            (out_dir / INPUT_RGBA_NAME).samefile(image_arg)
+        if out_status == "replace" and shared:
+            remove_outputs(out_dir, TO3D_OUTPUTS, keep=(INPUT_RGBA_NAME,) if same_input else ())
+        elif out_status == "replace":
+            reset_folder(out_dir)  # an earlier run's files are replaced whole, never mixed with this run's
         out_dir.mkdir(parents=True, exist_ok=True)
         from ..export.writers import write_png
 
-        write_png(np.asarray(reference.rgba_image.convert("RGBA")), out_dir / "input.png")
+        if not (same_input and (out_dir / INPUT_RGBA_NAME).exists()):  # the input itself may be DIR/input_rgba.png
+            write_png(np.asarray(reference.rgba_image.convert("RGBA")), out_dir / INPUT_RGBA_NAME)
         if reference.mask_image is not None:
             write_png(np.asarray(reference.mask_image), out_dir / "mask.png")
         trainer = ImageTo3DTrainer(model, reference, cfg, seed=seed)
@@ -491,7 +532,7 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         except KeyboardInterrupt:
             trainer.save(ckpt)
             bar.close()
-            raise
+            raise Interrupted(ckpt, out_dir, trainer.step, cfg.steps) from None
         bar.close()
         result.timings["train_s"] = time.perf_counter() - t_train
         result.checkpoint = ckpt if ckpt.exists() else None
@@ -510,5 +551,6 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
             p.requires_grad_(flag)
 
 
-__all__ = ["to3d", "ImageTo3DResult", "ImageTo3DTrainer", "ReferenceImage", "prepare_reference", "condition_image",
+__all__ = ["to3d", "Interrupted", "ImageTo3DResult", "ImageTo3DTrainer", "ReferenceImage", "prepare_reference",
+           "condition_image",
            "export_results", "load_checkpoint", "checkpoint_path"]

@@ -24,11 +24,10 @@ import gc
 import json
 import os
 import shlex
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
@@ -64,28 +63,17 @@ class TextTo3DResult:
 
 
 # ----- small helpers ----------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_png(image: Image.Image, path: Path) -> Path:
-    """Write ``image`` as PNG atomically (temporary name in the same folder, then ``os.replace``)."""
-    _atomic_write_bytes(path, lambda f: image.save(f, format="PNG"))
-    return path
+    """Write ``image`` as PNG atomically (:mod:`zero123.utils.atomic`)."""
+    from ..utils.atomic import atomic_save_image
+
+    return atomic_save_image(image, path, format="PNG")
 
 
 def save_json(obj, path: Path) -> Path:
-    _atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, default=str) + "\n").encode()))
-    return path
+    from ..utils.atomic import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def _jsonable(obj):
@@ -109,7 +97,7 @@ def _progress_bar(progress: bool, **kw):
 
 
 def rerun_command(out_dir: Path, checkpoint=None, preset: str = "auto", steps: int | None = None,
-                  seed: int = 0, input_elevation: float | None = None) -> str:
+                  seed: int = 0, input_elevation: float | None = None, variant: str | None = None) -> str:
     """The ``zero123 to3d`` command line that reruns only the 3D stage on the kept ``input_rgba.png``."""
     cmd = ["zero123", "to3d", str(Path(out_dir) / INPUT_RGBA_NAME), "--out", str(out_dir)]
     if checkpoint is not None:
@@ -121,7 +109,9 @@ def rerun_command(out_dir: Path, checkpoint=None, preset: str = "auto", steps: i
     if seed:
         cmd += ["--seed", str(seed)]
     if input_elevation is not None:
-        cmd += ["--elevation", str(input_elevation)]
+        cmd += ["--input-elevation", str(input_elevation)]
+    if variant is not None:
+        cmd += ["--variant", str(variant)]
     return " ".join(shlex.quote(c) for c in cmd)
 
 
@@ -194,7 +184,7 @@ def text_to_3d(prompt: str, t2i_model, checkpoint=None, out_dir: str | os.PathLi
                cpu_offload: bool = False, rgba_size: int = 512,
                preset: str = "auto", steps: int | None = None, seed: int = 0, device=None, dtype=None,
                input_elevation: float | None = None, resume=None, skip_3d: bool = False, progress: bool = True,
-               model=None) -> TextTo3DResult:
+               model=None, variant: str | None = None) -> TextTo3DResult:
     """Run text -> image -> mask -> 3D and return the paths (see module docstring).
 
     prompt: the object, e.g. "a friendly dog". t2i_model: SDXL / SDXL-Turbo diffusers folder or single file
@@ -204,8 +194,9 @@ def text_to_3d(prompt: str, t2i_model, checkpoint=None, out_dir: str | os.PathLi
     matting_model: ``.onnx`` path or a callable ``PIL -> mask [H,W] in [0,1]``; ``None`` = plain-background
     segmentation; matting_kind: the ONNX model's family (``zero123.matting.MATTING_KINDS``; ``None``: from the
     file name). mask: your own mask of the generated image (e.g. an edited ``candidates/NN_mask.png`` with
-    ``pick``); segmentation: auto / plain / builtin / matting (``zero123.preprocessing``). rgba_size: side of ``input_rgba.png`` in px. preset, steps, seed, device, dtype,
-    input_elevation (degrees), resume, progress, model: passed to ``to3d`` (``model``: a loaded ``Zero123Model``
+    ``pick``); segmentation: auto / plain / builtin / matting (``zero123.preprocessing``). rgba_size: side of
+    ``input_rgba.png`` in px. preset, steps, seed, device, dtype, input_elevation (degrees), resume, progress, model,
+    variant: passed to ``to3d`` (``model``: a loaded ``Zero123Model``
     used instead of ``checkpoint``); ``seed`` is also the first text-to-image seed. skip_3d: stop after
     ``input_rgba.png``. cpu_offload: SDXL's networks visit the GPU one at a time (small GPUs).
     """
@@ -223,9 +214,11 @@ def text_to_3d(prompt: str, t2i_model, checkpoint=None, out_dir: str | os.PathLi
         raise Zero123Error(f"rgba_size must be >= 32 pixels, got {rgba_size}")
     if isinstance(t2i_model, (str, os.PathLike)) or t2i_model is None:
         check_model_path(t2i_model, t2i_config)  # fail in a second on a wrong path, before loading anything
+    from ..utils.atomic import reset_folder
+    from ..utils.outputs import TEXT_TO_3D_OUTPUTS, check_output_dir, is_within
+
     out_dir = Path(out_dir).expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise Zero123Error(f"--out {out_dir} is a file, not a folder")
+    out_status = check_output_dir(out_dir, TEXT_TO_3D_OUTPUTS, keep=resume is not None and is_within(resume, out_dir))
     to3d = None
     if not skip_3d:  # check the 3D stage's settings now, not after minutes of text-to-image
         to3d = _load_to3d()
@@ -267,6 +260,8 @@ def text_to_3d(prompt: str, t2i_model, checkpoint=None, out_dir: str | os.PathLi
         with _progress_bar(progress, total=num_candidates * settings.steps, desc="SDXL", unit="step",
                            leave=False) as inner:
             images = t2i.generate(prompt, num_images=num_candidates, settings=settings, on_step=inner.update)
+        if out_status == "replace":
+            reset_folder(out_dir)  # an earlier run's files are replaced whole, never mixed with this run's
         _remove_stale_candidates(cand_dir, num_candidates)
         candidates = [save_png(im, cand_dir / f"{i:02d}.png") for i, im in enumerate(images)]
         timings["t2i_generate_s"] = time.perf_counter() - t0
@@ -296,7 +291,7 @@ def text_to_3d(prompt: str, t2i_model, checkpoint=None, out_dir: str | os.PathLi
         timings["matting_s"] = time.perf_counter() - t0
         bar.update(1)
 
-        rerun = rerun_command(out_dir, checkpoint, preset, steps, seed, input_elevation)
+        rerun = rerun_command(out_dir, checkpoint, preset, steps, seed, input_elevation, variant)
         result = TextTo3DResult(out_dir=out_dir, prompt=prompt, full_prompt=full_prompt, candidates=candidates,
                                 masks=mask_paths, scores=scores, chosen=chosen, chosen_by=chosen_by,
                                 input_rgba=input_rgba, scores_path=scores_path,
@@ -310,7 +305,7 @@ def text_to_3d(prompt: str, t2i_model, checkpoint=None, out_dir: str | os.PathLi
             try:
                 result.result_3d = to3d(input_rgba, checkpoint, out_dir, preset=preset, steps=steps, seed=seed,
                                         device=device, dtype=dtype, resume=resume, input_elevation=input_elevation,
-                                        progress=progress, model=model)
+                                        progress=progress, model=model, variant=variant, replace_outputs=False)
             except Zero123Error as exc:
                 raise Zero123Error(f"{exc} (image-to-3D stage; {INPUT_RGBA_NAME} is kept, rerun only this stage "
                                    f"with: {rerun})") from None

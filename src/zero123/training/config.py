@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -405,8 +404,6 @@ def save_config(config: TrainConfig, path) -> None:
     """Write the resolved config as YAML (atomically)."""
     import yaml
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+    from ..utils.atomic import atomic_write_text
+
+    path = atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))

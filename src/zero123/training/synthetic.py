@@ -10,7 +10,6 @@ back faces culled) from a random camera on a sphere around the origin, using ``z
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -87,9 +86,9 @@ def write_synthetic_dataset(root, num_objects: int = 4, views_per_object: int = 
             layout.write_view(root, oid, v, np.asarray(img), c2w)
         split = "val" if i >= num_objects - val_objects else "train"
         objects.append(layout.ObjectEntry(oid, split, views_per_object, "synthetic box"))
-    tmp = root / (CAMERAS_NAME + ".tmp")
-    tmp.write_text(json.dumps(cameras), encoding="utf-8")
-    os.replace(tmp, root / CAMERAS_NAME)
+    from ..utils.atomic import atomic_write_text
+
+    atomic_write_text(root / CAMERAS_NAME, json.dumps(cameras))
     layout.write_manifest(root, layout.Manifest(image_size=image_size, fov_deg=fov_deg,
                                                 views_per_object=views_per_object, objects=objects))
     return root

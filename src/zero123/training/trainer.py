@@ -384,20 +384,15 @@ def save_image_grid(rows: list, path) -> Path:
         for j, img in enumerate(row):
             arr = ((img.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
             grid.paste(Image.fromarray(arr), (j * w, i * h))
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    grid.save(tmp)
-    os.replace(tmp, path)
-    return path
+    from ..utils.atomic import atomic_save_image
+
+    return atomic_save_image(grid, path)
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    from ..utils.atomic import replace_folder
+
+    replace_folder(tmp, final)
 
 
 def vae_fingerprint(vae) -> str:
@@ -422,12 +417,11 @@ def export_model(model, folder) -> Path:
 
 def export_vae(vae, folder) -> Path:
     """Write an ``AutoencoderKL`` folder (config + safetensors) atomically; usable as ``model.vae_from``."""
+    from ..utils.atomic import atomic_folder
+
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    vae.save_pretrained(tmp, safe_serialization=True)
-    _replace_dir(tmp, folder)
+    with atomic_folder(folder) as tmp:
+        vae.save_pretrained(tmp, safe_serialization=True)
     return folder
 
 
@@ -894,9 +888,9 @@ class Trainer:
                         lines.append(line)
                 except json.JSONDecodeError:
                     continue
-        tmp = log.with_name(f".{LOG_NAME}.tmp{os.getpid()}")
-        tmp.write_text("".join(line + "\n" for line in lines))
-        os.replace(tmp, log)
+        from ..utils.atomic import atomic_write_text
+
+        atomic_write_text(log, "".join(line + "\n" for line in lines))
 
     def _out_of_time(self, t_start: float) -> bool:
         """Whether ``max_minutes`` has run out on any process (a reduction, so all processes stop together)."""
