@@ -5,12 +5,15 @@ from __future__ import annotations
 import collections
 import json
 
+from ._common import add_weights_variant_option
+
 
 def add_parser(sub, name, summary):
     p = sub.add_parser(name, help=summary, description=summary + ".")
     p.add_argument("checkpoint", nargs="?", default=None,
                    help="LDM .ckpt/.safetensors or diffusers folder (default: the bundled model)")
     p.add_argument("--variant", choices=["zero123", "stable_zero123"], default=None)
+    add_weights_variant_option(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--list-ignored", action="store_true", help="list every ignored key with its reason")
     return p
@@ -19,7 +22,8 @@ def add_parser(sub, name, summary):
 def run(args) -> int:
     from ..loading import load_model
 
-    model, report = load_model(args.checkpoint, variant=args.variant, return_report=True)
+    model, report = load_model(args.checkpoint, variant=args.variant, return_report=True,
+                               weights_variant=args.weights_variant)
     params = model.num_parameters()
     reasons = collections.Counter(report.ignored.values())
     info = {"source": report.source, "format": report.format, "variant": report.variant,

@@ -62,12 +62,14 @@ def run(args) -> int:
     elevations = _broadcast(args.elevation, n, "elevation")
     azimuths = _broadcast(args.azimuth, n, "azimuth")
     radii = _broadcast(args.radius, n, "radius")
-    pipe = Zero123Pipeline.from_pretrained(args.checkpoint, variant=args.variant, dtype=dtype, device=device) \
+    pipe = Zero123Pipeline.from_pretrained(args.checkpoint, variant=args.variant, dtype=dtype, device=device,
+                                           weights_variant=args.weights_variant) \
         if args.checkpoint is None or Path(args.checkpoint).is_dir() else \
         Zero123Pipeline.from_single_file(args.checkpoint, variant=args.variant, dtype=dtype, device=device)
     pipe.camera_batch(elevations, azimuths, radii, args.input_elevation)  # validate cameras before sampling
     if tau is not None:
         pipe.noise_scale = tau
+    pipe.timestep_spacing = args.timestep_spacing
     if args.fast:
         pipe.enable_fast_path()
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
@@ -82,7 +84,7 @@ def run(args) -> int:
     atomic_save_image(image_grid([out.input_image.rgb] + out.images), out_dir / "grid.png")
     meta = {"checkpoint": args.checkpoint or "bundled", "variant": pipe.model.variant.value, "seed": args.seed,
             "steps": args.steps, "guidance_scale": args.guidance_scale, "eta": args.eta,
-            "noise_scale": pipe.noise_scale,
+            "noise_scale": pipe.noise_scale, "timestep_spacing": pipe.timestep_spacing,
             "views": [{"file": f"view_{i:02d}.png", "delta_elevation": e, "delta_azimuth": a, "delta_radius": r}
                       for i, (e, a, r) in enumerate(zip(elevations, azimuths, radii))]}
     (out_dir / "views.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -299,9 +299,8 @@ def detect_variant(path: Path, sidecar: dict) -> ConditioningVariant:
     Released Zero123 and Stable Zero123 checkpoints share one key layout, so the name is the only clue; pass
     ``variant=`` (CLI ``--variant``) when a file was renamed.
     """
+    from .folder_layouts import guess_variant_from_name
+
     if "variant" in sidecar:
         return ConditioningVariant.parse(sidecar["variant"])
-    name = path.name.lower().replace("-", "_")
-    if "stable" in name or "zero123c" in name or "sz123" in name:
-        return ConditioningVariant.STABLE_ZERO123
-    return ConditioningVariant.ZERO123
+    return guess_variant_from_name(path.name) or ConditioningVariant.ZERO123
