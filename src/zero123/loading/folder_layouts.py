@@ -71,7 +71,7 @@ def read_json(path: Path) -> dict:
 
 
 def parse_weights_variant(value) -> str | None:
-    """``None`` (auto: EMA when present), ``"plain"`` (the file without a variant) or one of ``WEIGHT_VARIANTS``."""
+    """``None`` (auto: EMA when present), ``"plain"`` (the non-EMA files) or one of ``WEIGHT_VARIANTS``."""
     if value is None or value == "auto":
         return None
     if value == "plain" or value in WEIGHT_VARIANTS:
@@ -87,11 +87,12 @@ def _candidates(component: Path, variant: str | None) -> list[Path]:
 def weights_file(component: Path, weights_variant: str | None = None) -> tuple[Path, str | None]:
     """The weight file of one subfolder and its variant (``None`` for the plain file).
 
-    ``weights_variant=None``: ``DEFAULT_WEIGHT_ORDER``; ``"plain"``: the file without a variant; a variant name:
-    that file, else (as diffusers does for a component saved without it) the plain one.
+    ``weights_variant=None``: ``DEFAULT_WEIGHT_ORDER``; ``"plain"``: the non-EMA weights (the file without a
+    variant, else ``fp16``); a variant name: that file, else (as diffusers does for a component saved without it)
+    the plain one.
     """
     order = DEFAULT_WEIGHT_ORDER if weights_variant is None else \
-        ((None,) if weights_variant == "plain" else (weights_variant, None))
+        ((None, "fp16") if weights_variant == "plain" else (weights_variant, None))
     for variant in order:
         for path in _candidates(component, variant):
             if path.is_file():

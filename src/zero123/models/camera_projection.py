@@ -34,10 +34,11 @@ class CameraProjection(ModelMixin, ConfigMixin):
         return ConditioningVariant.parse(self.config.variant)
 
     def identity_init(self) -> None:
-        """Identity on the CLIP part, zero on the camera part and bias (how Zero123 starts fine-tuning)."""
+        """As the original starts a new ``cc_projection`` (``ddpm.py``: ``nn.init.eye_`` on ``weight[:D, :D]``,
+        ``nn.init.zeros_`` on the bias): identity on the CLIP columns, zero bias, and the 4 camera columns keep
+        ``nn.Linear``'s default initialisation (uniform in +-1/sqrt(D + 4), drawn when the layer was built)."""
         d = self.config.embed_dim
         with torch.no_grad():
-            self.projection.weight.zero_()
             self.projection.weight[:, :d].copy_(torch.eye(d))
             self.projection.bias.zero_()
 
