@@ -17,6 +17,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="camera conditioning of the checkpoint (default: from the folder's config or the file "
                         "name: names with 'stable' or '123c' mean stable_zero123)")
     add_weights_variant_option(g)
+    add_original_config_option(g)
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
                    help="weights/compute precision (default: fp16 on CUDA, fp32 on CPU)")
@@ -30,6 +31,15 @@ def add_weights_variant_option(p) -> None:
                    help="for a diffusers-format folder: which weight files to read (diffusion_pytorch_model"
                         ".<variant>.safetensors). Default auto: EMA weights when present (ema, then fp16_ema), else "
                         "the plain files, else fp16; a component without the chosen variant uses its plain file")
+
+
+def add_original_config_option(p) -> None:
+    """``--original-config PATH``: the LDM yaml of a single-file checkpoint."""
+    p.add_argument("--original-config", metavar="YAML", default=None,
+                   help="the checkpoint's original LDM yaml (zero123's configs/sd-objaverse-finetune-c_concat-256.yaml, "
+                        "threestudio's pretrained_config): the sizes its tensors do not determine (UNet heads, image "
+                        "size, scale factor). Default: a sidecar <ckpt>.json, else the released sizes (zero123 info "
+                        "marks them assumed)")
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:

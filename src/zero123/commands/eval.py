@@ -69,7 +69,8 @@ def run(args) -> int:
         pipe = Zero123Pipeline.from_pretrained(ckpt, variant=args.variant, dtype=dtype, device=device,
                                                weights_variant=args.weights_variant) \
             if ckpt is None or Path(ckpt).is_dir() else \
-            Zero123Pipeline.from_single_file(ckpt, variant=args.variant, dtype=dtype, device=device)
+            Zero123Pipeline.from_single_file(ckpt, variant=args.variant, dtype=dtype, device=device,
+                                             original_config=args.original_config)
         size = args.image_size or pipe.model.image_size
         if args.noise_scale is not None:
             pipe.noise_scale = args.noise_scale

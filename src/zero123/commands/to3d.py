@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import add_original_config_option
+
 
 def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help=summary, description=summary + ". Follows threestudio's stable-zero123 "
@@ -22,6 +24,7 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", "-c", default=None,
                    help="Zero123 / Stable Zero123 checkpoint (.ckpt/.safetensors or a diffusers folder); "
                         "default: the bundled model")
+    add_original_config_option(p)
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--preset", choices=["auto", "default", "fast", "cpu", "tiny"], default="auto",
                    help="auto (default): 'default' on a GPU, 'cpu' on a CPU; default: the recipe (600 steps); "
@@ -47,7 +50,7 @@ def run(args) -> int:
         raise Zero123Error(f"--steps must be >= 1, got {args.steps}")
     result = to3d(args.image, args.checkpoint, args.out, preset=args.preset, steps=args.steps, seed=args.seed,
                   device=args.device, dtype=args.dtype, resume=args.resume, input_elevation=args.input_elevation,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, original_config=args.original_config)
     print(f"mesh: {result.obj} ({result.num_vertices} vertices, {result.num_faces} faces)")
     print(f"      {result.glb}")
     print(f"      {result.ply}")

@@ -65,7 +65,8 @@ def run(args) -> int:
     pipe = Zero123Pipeline.from_pretrained(args.checkpoint, variant=args.variant, dtype=dtype, device=device,
                                            weights_variant=args.weights_variant) \
         if args.checkpoint is None or Path(args.checkpoint).is_dir() else \
-        Zero123Pipeline.from_single_file(args.checkpoint, variant=args.variant, dtype=dtype, device=device)
+        Zero123Pipeline.from_single_file(args.checkpoint, variant=args.variant, dtype=dtype, device=device,
+                                         original_config=args.original_config)
     pipe.camera_batch(elevations, azimuths, radii, args.input_elevation)  # validate cameras before sampling
     if tau is not None:
         pipe.noise_scale = tau

@@ -21,8 +21,8 @@ from ..camera import ConditioningVariant
 from ..errors import CheckpointError
 from ..models.configs import Zero123Config
 from .int8_weights import dequantize_state_dict, quantize_state_dict
-from .ldm_checkpoint import (config_from_ldm, convert_openai_clip_visual, convert_unet, convert_vae, detect_variant,
-                             read_sidecar, split_ldm_state_dict)
+from .ldm_checkpoint import (check_sidecar, config_from_ldm, convert_openai_clip_visual, convert_unet, convert_vae,
+                             detect_variant, read_original_config, read_sidecar, split_ldm_state_dict)
 from .folder_layouts import (CC_PROJECTION_CLASS, KXIC_MODEL_INDEX, META_FILE, check_projection_config,
                              folder_variant, parse_weights_variant, projection_folder, read_json, read_meta,
                              weights_file)
@@ -92,21 +92,25 @@ def _finish(model, dtype, device):
 
 
 def load_ldm_checkpoint(path, variant=None, use_ema: bool = True, num_heads: int | None = None, dtype=None,
-                        device=None):
+                        device=None, original_config=None):
     """An original LDM single-file checkpoint -> ``(Zero123Model, LoadReport)``.
 
     ``variant`` (``zero123`` | ``stable_zero123``) defaults to a sidecar JSON's or the file name's (see
     ``detect_variant``). EMA weights (``model_ema.*``) are used when present unless ``use_ema=False``.
+    ``original_config``: the original LDM yaml (path), the source of every size the tensors do not determine
+    (``zero123.loading.ldm_checkpoint``); ``report.extra["sizes_from"]`` says where each came from.
     """
     path = Path(path)
+    original = read_original_config(original_config) if original_config else None
     obj = read_checkpoint_file(path)
     from .safe_io import extract_state_dict
 
     sd = extract_state_dict(obj, path)
-    sidecar = read_sidecar(path)
+    sidecar = check_sidecar(read_sidecar(path), path)
     variant = ConditioningVariant.parse(variant) if variant else detect_variant(path, sidecar)
     groups = split_ldm_state_dict(sd, use_ema=use_ema, source=str(path))
-    config = config_from_ldm(groups, variant.value, sidecar, num_heads)
+    sizes_from: dict = {}
+    config = config_from_ldm(groups, variant.value, sidecar, num_heads, original, sizes_from)
     model = _build_empty(config)
     _assign_weights(model.unet, convert_unet(groups, config.unet), "UNet", str(path))
     _assign_weights(model.vae, convert_vae(groups, config.vae), "VAE", str(path))
@@ -116,7 +120,8 @@ def load_ldm_checkpoint(path, variant=None, use_ema: bool = True, num_heads: int
                     "camera projection", str(path))
     report = LoadReport(source=str(path), format="ldm", variant=variant.value, config=config,
                         uses_ema=groups.uses_ema, ignored=groups.ignored,
-                        extra={k: obj[k] for k in ("global_step", "epoch") if k in obj and not torch.is_tensor(obj[k])})
+                        extra={**{k: obj[k] for k in ("global_step", "epoch") if k in obj and not torch.is_tensor(obj[k])},
+                               "sizes_from": sizes_from})
     return _finish(model, dtype, device), report
 
 
@@ -183,10 +188,11 @@ def _clip_kwargs(cfg: dict) -> dict:
 
 
 def load_model(path=None, variant=None, dtype=None, device=None, use_ema: bool = True, return_report=False,
-               weights_variant=None):
+               weights_variant=None, original_config=None):
     """Load a Zero123-family model from a file, a folder, or (``path=None``) the bundled default model.
 
-    ``use_ema`` applies to single files; ``weights_variant`` to folders (see ``load_diffusers_folder``)."""
+    ``use_ema`` and ``original_config`` (the LDM yaml) apply to single files; ``weights_variant`` to folders (see
+    ``load_diffusers_folder``), whose configs already hold every size."""
     if path is None:
         path = bundled_model_path()
         if not (path / "model_index.json").is_file():
@@ -194,11 +200,15 @@ def load_model(path=None, variant=None, dtype=None, device=None, use_ema: bool =
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir() and original_config:
+        raise CheckpointError(f"--original-config applies to single-file checkpoints; {path} is a folder, whose "
+                              "component configs hold its sizes")
     if path.is_dir():
         model, report = load_diffusers_folder(path, variant=variant, dtype=dtype, device=device,
                                               weights_variant=weights_variant)
     else:
-        model, report = load_ldm_checkpoint(path, variant=variant, use_ema=use_ema, dtype=dtype, device=device)
+        model, report = load_ldm_checkpoint(path, variant=variant, use_ema=use_ema, dtype=dtype, device=device,
+                                            original_config=original_config)
     return (model, report) if return_report else model
 
 

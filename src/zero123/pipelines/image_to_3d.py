@@ -347,7 +347,7 @@ def _resolve_dtype(dtype, device: torch.device):
 def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: Optional[int] = None,
          seed: int = 0, device=None, dtype=None, resume=None, input_elevation: Optional[float] = None,
          progress: bool = True, model=None, config: Optional[ImageTo3DConfig] = None,
-         export: bool = True) -> ImageTo3DResult:
+         export: bool = True, original_config=None) -> ImageTo3DResult:
     """Turn one object image into a textured mesh and a turntable video.
 
     Args:
@@ -367,6 +367,7 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         model: an already loaded ``Zero123Model`` (then ``checkpoint``/``device``/``dtype`` are ignored).
         config: a full :class:`ImageTo3DConfig` instead of a preset.
         export: write the mesh/video files after training.
+        original_config: the LDM yaml of a single-file ``checkpoint`` (sizes its tensors do not determine).
     Returns:
         :class:`ImageTo3DResult`.
     """
@@ -395,7 +396,7 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
     if model is None:
         from ..loading import load_model
 
-        model = load_model(checkpoint, device=dev, dtype=_resolve_dtype(dtype, dev))
+        model = load_model(checkpoint, device=dev, dtype=_resolve_dtype(dtype, dev), original_config=original_config)
         if dev.type == "cuda":
             from ..models.optimizations import optimize_for_inference
 

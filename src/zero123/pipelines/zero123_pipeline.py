@@ -92,11 +92,14 @@ class Zero123Pipeline:
         return cls(model)
 
     @classmethod
-    def from_single_file(cls, path, variant=None, dtype=None, device=None, use_ema: bool = True):
-        """An original LDM ``.ckpt`` / ``.safetensors`` (EMA weights used when present)."""
+    def from_single_file(cls, path, variant=None, dtype=None, device=None, use_ema: bool = True,
+                         original_config=None):
+        """An original LDM ``.ckpt`` / ``.safetensors`` (EMA weights used when present). ``original_config``: its
+        LDM yaml, for the sizes the tensors do not determine (diffusers' ``from_single_file`` convention)."""
         from ..loading import load_ldm_checkpoint
 
-        return cls(load_ldm_checkpoint(path, variant=variant, use_ema=use_ema, dtype=dtype, device=device)[0])
+        return cls(load_ldm_checkpoint(path, variant=variant, use_ema=use_ema, dtype=dtype, device=device,
+                                       original_config=original_config)[0])
 
     @classmethod
     def from_pretrained(cls, folder=None, variant=None, dtype=None, device=None, weights_variant=None):

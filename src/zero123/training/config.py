@@ -67,6 +67,8 @@ class ModelConfig:
     #: fine-tuning: ``model.diffusion_model.*``, or a folder's plain weight files) or ``ema`` (its EMA copy). Either
     #: way the checkpoint's EMA weights, when it has them, are where the EMA average (``ema.enabled``) starts.
     init_weights: str = "plain"
+    #: with a single-file ``init_from``: its original LDM yaml (the sizes its tensors do not determine).
+    original_config: str | None = None
     #: ``zero123`` | ``stable_zero123`` (how T is formed). null: the checkpoint's (``init_from``), else zero123.
     variant: str | None = None
     preset: str | None = None

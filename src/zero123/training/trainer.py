@@ -311,7 +311,8 @@ def build_model(cfg: ModelConfig, image_size: int | None = None, seed: int | Non
         from ..loading import load_model
 
         ema = cfg.init_weights == "ema"
-        model = load_model(cfg.init_from, variant=cfg.variant, use_ema=ema, weights_variant=None if ema else "plain")
+        model = load_model(cfg.init_from, variant=cfg.variant, use_ema=ema, weights_variant=None if ema else "plain",
+                           original_config=cfg.original_config)
         model = model.float()
         if cfg.grow_unet:
             from ..models.growth import grow_unet
@@ -365,7 +366,8 @@ def checkpoint_ema_unet(cfg: ModelConfig) -> dict[str, torch.Tensor] | None:
         return None
     from ..loading import load_model
 
-    model, report = load_model(cfg.init_from, variant=cfg.variant, use_ema=True, return_report=True)
+    model, report = load_model(cfg.init_from, variant=cfg.variant, use_ema=True, return_report=True,
+                               original_config=cfg.original_config)
     return {k: v.float() for k, v in model.unet.state_dict().items()} if report.uses_ema else None
 
 
