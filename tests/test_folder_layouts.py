@@ -113,12 +113,10 @@ def test_diffusers_resolves_every_component_of_a_written_folder(tmp_path, tiny_m
     from diffusers.models.modeling_utils import ModelMixin
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    d = tiny_model.camera_projection.config.embed_dim
-
-    class CCProjection(ModelMixin, ConfigMixin):
-        def __init__(self):
+    class CCProjection(ModelMixin, ConfigMixin):  # the published signature, no register_to_config
+        def __init__(self, in_channel=772, out_channel=768):
             super().__init__()
-            self.projection = torch.nn.Linear(d + 4, d)
+            self.projection = torch.nn.Linear(in_channel, out_channel)
 
     module = types.ModuleType("pipeline_zero1to3")
     module.CCProjection, module.ModelMixin = CCProjection, ModelMixin  # diffusers picks the load method by base
@@ -150,6 +148,14 @@ def test_diffusers_resolves_every_component_of_a_written_folder(tmp_path, tiny_m
 
     assert torch.equal(pipe.scheduler.timesteps, DDIMSampler(50, spacing="diffusers").timesteps)
     assert int(pipe.scheduler.timesteps[0]) == 981
+
+
+def test_cc_projection_config_names_other_widths():
+    from zero123.loading.folder_layouts import cc_projection_config
+
+    assert cc_projection_config(768, "0.42.1") == {"_class_name": "CCProjection", "_diffusers_version": "0.42.1"}
+    assert cc_projection_config(256, "0.42.1") == {"_class_name": "CCProjection", "_diffusers_version": "0.42.1",
+                                                   "in_channel": 260, "out_channel": 256}
 
 
 def test_kxic_layout_gives_the_single_file_outputs(tmp_path, single_file_models):

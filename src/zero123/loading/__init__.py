@@ -23,7 +23,7 @@ from ..models.configs import Zero123Config
 from .int8_weights import dequantize_state_dict, quantize_state_dict
 from .ldm_checkpoint import (check_sidecar, config_from_ldm, convert_openai_clip_visual, convert_unet, convert_vae,
                              detect_variant, read_original_config, read_sidecar, split_ldm_state_dict)
-from .folder_layouts import (CC_PROJECTION_CLASS, KXIC_MODEL_INDEX, META_FILE, check_projection_config,
+from .folder_layouts import (KXIC_MODEL_INDEX, META_FILE, cc_projection_config, check_projection_config,
                              folder_variant, parse_weights_variant, projection_folder, read_json, read_meta,
                              weights_file)
 from .safe_io import read_checkpoint_file, read_state_dict
@@ -246,10 +246,10 @@ def save_pretrained(model, folder, half: bool = False, int8_unet: bool = False,
                 continue
             if dtype is not None:
                 module = _half_copy(module)
-            if name == "cc_projection":  # the community pipeline's CCProjection: config without arguments
+            if name == "cc_projection":  # the community pipeline's CCProjection(in_channel=772, out_channel=768)
                 (tmp / name).mkdir()
                 (tmp / name / "config.json").write_text(json.dumps(
-                    {"_class_name": CC_PROJECTION_CLASS, "_diffusers_version": diffusers_version}, indent=2) + "\n")
+                    cc_projection_config(module.config.embed_dim, diffusers_version), indent=2) + "\n")
                 save_file({k: v.contiguous() for k, v in module.state_dict().items()},
                           str(tmp / name / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
                 continue

@@ -56,6 +56,18 @@ KXIC_MODEL_INDEX = {
     "vae": ["diffusers", "AutoencoderKL"],
 }
 CC_PROJECTION_CLASS = "CCProjection"
+#: the community ``CCProjection``'s defaults (its ``__init__(in_channel=772, out_channel=768)``)
+CC_PROJECTION_DEFAULT_DIM = 768
+
+
+def cc_projection_config(embed_dim: int, diffusers_version: str) -> dict:
+    """``cc_projection/config.json`` as the kxic folders have it: only ``_class_name`` / ``_diffusers_version``
+    for the released 768-d embedding; a model of another width (the bundled small one) also names
+    ``in_channel`` / ``out_channel``, which diffusers passes to ``CCProjection.__init__``."""
+    cfg = {"_class_name": CC_PROJECTION_CLASS, "_diffusers_version": diffusers_version}
+    if embed_dim != CC_PROJECTION_DEFAULT_DIM:
+        cfg.update(in_channel=embed_dim + 4, out_channel=embed_dim)
+    return cfg
 
 
 def read_json(path: Path) -> dict:
