@@ -76,7 +76,8 @@ def ddim_timesteps(num_steps: int, spacing: str = "zero123") -> torch.Tensor:
 
 
 class DDIMSampler:
-    """DDIM over ``ddim_timesteps(num_steps, spacing)`` (default: the original's) written as ``x_prev = cx[i] * x + ce[i] * eps + sigma[i] * noise``.
+    """DDIM over ``ddim_timesteps(num_steps, spacing)`` (default: the original's), written as
+    ``x_prev = cx[i] * x + ce[i] * eps + sigma[i] * noise``.
 
     The same update as LDM's ``DDIMSampler.p_sample_ddim`` and diffusers' ``DDIMScheduler.step`` (with
     ``set_alpha_to_one=False``; the tests check both), but with every coefficient precomputed into device tensors,

@@ -36,8 +36,8 @@ def add_weights_variant_option(p) -> None:
 def add_original_config_option(p) -> None:
     """``--original-config PATH``: the LDM yaml of a single-file checkpoint."""
     p.add_argument("--original-config", metavar="YAML", default=None,
-                   help="the checkpoint's original LDM yaml (zero123's configs/sd-objaverse-finetune-c_concat-256.yaml, "
-                        "threestudio's pretrained_config): the sizes its tensors do not determine (UNet heads, image "
+                   help="the checkpoint's original LDM yaml (zero123's "
+                        "configs/sd-objaverse-finetune-c_concat-256.yaml, threestudio's pretrained_config): the sizes its tensors do not determine (UNet heads, image "
                         "size, scale factor). Default: a sidecar <ckpt>.json, else the released sizes (zero123 info "
                         "marks them assumed)")
 

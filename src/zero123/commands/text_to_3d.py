@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import add_original_config_option
+
 EPILOG = """examples:
   zero123 text-to-3d "a friendly dog" --t2i-model ~/models/sdxl-turbo --checkpoint stable_zero123.ckpt --out dog/
   zero123 text-to-3d "a red teapot" --t2i-model sd_xl_base_1.0.safetensors --t2i-config ~/models/sdxl-base-config \\
@@ -68,6 +70,7 @@ def add_parser(sub, name, summary):
     g.add_argument("--checkpoint", "-c", metavar="PATH", default=None,
                    help="Zero123-family model (stable_zero123.ckpt, ...; .ckpt/.safetensors or diffusers folder). "
                         "Default: the small model bundled with zero123")
+    add_original_config_option(g)
     g.add_argument("--preset", default="auto", metavar="NAME",
                    help="image-to-3D preset of `zero123 to3d`: auto (default on a GPU, cpu on a CPU), default (the "
                         "recipe, 600 steps), fast, cpu, tiny")
@@ -103,7 +106,7 @@ def run(args) -> int:
         matting_kind=None if args.matting_kind == "auto" else args.matting_kind,
         cpu_offload=args.cpu_offload, rgba_size=args.rgba_size, preset=args.preset, steps=args.steps,
         seed=args.seed, device=args.device, dtype=args.dtype, input_elevation=args.input_elevation,
-        resume=args.resume, skip_3d=args.no_3d, progress=True,
+        resume=args.resume, skip_3d=args.no_3d, progress=True, original_config=args.original_config,
     )
     print(f"candidates: {result.scores_path.parent}  (chosen {result.chosen:02d} by {result.chosen_by}, "
           f"score {result.scores[result.chosen]['score']:.3f})")

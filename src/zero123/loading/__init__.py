@@ -120,8 +120,8 @@ def load_ldm_checkpoint(path, variant=None, use_ema: bool = True, num_heads: int
                     "camera projection", str(path))
     report = LoadReport(source=str(path), format="ldm", variant=variant.value, config=config,
                         uses_ema=groups.uses_ema, ignored=groups.ignored,
-                        extra={**{k: obj[k] for k in ("global_step", "epoch") if k in obj and not torch.is_tensor(obj[k])},
-                               "sizes_from": sizes_from})
+                        extra={**{k: obj[k] for k in ("global_step", "epoch")
+                                  if k in obj and not torch.is_tensor(obj[k])}, "sizes_from": sizes_from})
     return _finish(model, dtype, device), report
 
 

@@ -210,7 +210,8 @@ class Zero123Pipeline:
         clip_emb, concat = self.model.clip_embedding(images), self.model.concat_latent(images)
         n = camera.shape[0]
         num_batches = -(-n // batch_size)  # the bar advances once per denoising step of each batch
-        bar = tqdm(total=num_batches * len(DDIMSampler(num_inference_steps, eta, spacing=spacing)), desc="sampling views",
+        bar = tqdm(total=num_batches * len(DDIMSampler(num_inference_steps, eta, spacing=spacing)),
+                   desc="sampling views",
                    unit="step", disable=not progress, leave=False)
         for start in range(0, n, batch_size):
             sl = slice(start, min(n, start + batch_size))

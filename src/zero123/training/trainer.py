@@ -302,8 +302,8 @@ def build_model(cfg: ModelConfig, image_size: int | None = None, seed: int | Non
 
     ``init_from``: ``zero123.loading.load_model`` with the checkpoint's plain weights (``init_weights: plain``, as
     the original fine-tunes) or its EMA weights (``ema``). Otherwise random weights of ``sizes_config(cfg)`` with the
-    camera projection identity-initialised (``CameraProjection.identity_init``, as Zero123 starts). ``grow_unet``: the loaded
-    UNet grown with ``zero123.models.growth.grow_unet`` (the same function, more weights). ``vae_from`` /
+    camera projection identity-initialised (``CameraProjection.identity_init``, as Zero123 starts). ``grow_unet``:
+    the loaded UNet grown with ``zero123.models.growth.grow_unet`` (the same function, more weights). ``vae_from`` /
     ``clip_from`` then replace the VAE / image encoder. ``device``: where random weights are initialised
     (a GPU initialises the 1.2 B full-size weights much faster than the CPU); loaded weights stay on the CPU.
     """
