@@ -128,18 +128,20 @@ def test_round_trip_ldm_to_diffusers_folder(tmp_path, fixtures_dir):
     assert torch.allclose(c.camera_projection.projection.weight, b.camera_projection.projection.weight, atol=1e-3)
 
 
-def test_published_diffusers_layout(tmp_path, tiny_model):
-    """Folders published for zero123 name the projection config in_channel/out_channel and use .bin weights."""
+def test_published_diffusers_layout_with_bin_weights(tmp_path, tiny_model):
+    """kxic folders: ``cc_projection/config.json`` without arguments, no zero123 metadata, ``.bin`` weights."""
     import json
 
     folder = save_pretrained(tiny_model, tmp_path / "pub")
+    (folder / "zero123.json").unlink()
     cc = folder / "cc_projection"
-    (cc / "config.json").write_text(json.dumps({"_class_name": "CCProjection", "in_channel": 772, "out_channel": 768}))
+    (cc / "config.json").write_text(json.dumps({"_class_name": "CCProjection", "_diffusers_version": "0.18.0.dev0"}))
     sd = read_state_dict(cc / "diffusion_pytorch_model.safetensors")
     (cc / "diffusion_pytorch_model.safetensors").unlink()
     torch.save(sd, cc / "diffusion_pytorch_model.bin")
-    model, report = load_model(folder, return_report=True)
-    assert report.variant == "zero123"
+    with pytest.warns(UserWarning, match="assuming zero123"):
+        model, report = load_model(folder, return_report=True)
+    assert report.variant == "zero123" and report.extra["variant_from"] == "assumed"
     assert torch.equal(model.camera_projection.projection.weight, tiny_model.camera_projection.projection.weight)
 
 

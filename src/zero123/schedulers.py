@@ -44,17 +44,50 @@ def ldm_ddim_timesteps(num_steps: int) -> torch.Tensor:
     return steps[:-1].flip(0).long()
 
 
+#: ``zero123``: the original ``DDIMSampler``'s timesteps (``ldm_ddim_timesteps``); ``diffusers``: those of diffusers'
+#: ``DDIMScheduler(timestep_spacing="leading", steps_offset=1)``, which the community Zero1to3 pipeline runs
+#: (``diffusers_ddim_timesteps``).
+TIMESTEP_SPACINGS = ("zero123", "diffusers")
+
+
+def diffusers_ddim_timesteps(num_steps: int) -> torch.Tensor:
+    """Descending timesteps of diffusers' ``DDIMScheduler`` with ``timestep_spacing="leading"``, ``steps_offset=1``
+    (the scheduler config of the kxic/zero123-* folders): ``1 + (S-1) c`` down to 1, ``c = 1000 // S``, all S of
+    them (981 first for S = 50). Returns long ``[S]``."""
+    ldm_ddim_timesteps(num_steps)  # same range check
+    c = NUM_TRAIN_TIMESTEPS // num_steps
+    return (torch.arange(num_steps) * c + 1).flip(0).long()
+
+
+def check_timestep_spacing(value) -> str:
+    """``value`` if it is one of ``TIMESTEP_SPACINGS``, else a one-line ``Zero123Error``."""
+    if value not in TIMESTEP_SPACINGS:
+        from .errors import Zero123Error
+
+        raise Zero123Error(f"timestep spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, got {value!r}")
+    return value
+
+
+def ddim_timesteps(num_steps: int, spacing: str = "zero123") -> torch.Tensor:
+    """The descending DDIM timesteps of ``spacing`` (one of ``TIMESTEP_SPACINGS``)."""
+    if check_timestep_spacing(spacing) == "diffusers":
+        return diffusers_ddim_timesteps(num_steps)
+    return ldm_ddim_timesteps(num_steps)
+
+
 class DDIMSampler:
-    """DDIM over ``ldm_ddim_timesteps(num_steps)`` written as ``x_prev = cx[i] * x + ce[i] * eps + sigma[i] * noise``.
+    """DDIM over ``ddim_timesteps(num_steps, spacing)`` (default: the original's), written as
+    ``x_prev = cx[i] * x + ce[i] * eps + sigma[i] * noise``.
 
     The same update as LDM's ``DDIMSampler.p_sample_ddim`` and diffusers' ``DDIMScheduler.step`` (with
     ``set_alpha_to_one=False``; the tests check both), but with every coefficient precomputed into device tensors,
     so a whole sampling loop is a fixed sequence of kernels that a CUDA graph can capture.
     """
 
-    def __init__(self, num_steps: int, eta: float = 0.0, alphas: torch.Tensor | None = None):
+    def __init__(self, num_steps: int, eta: float = 0.0, alphas: torch.Tensor | None = None,
+                 spacing: str = "zero123"):
         acp = (alphas if alphas is not None else alphas_cumprod()).double().cpu()
-        self.timesteps = ldm_ddim_timesteps(num_steps)
+        self.timesteps = ddim_timesteps(num_steps, spacing)
         c = NUM_TRAIN_TIMESTEPS // num_steps
         a_t = acp[self.timesteps]
         prev = self.timesteps - c

@@ -57,9 +57,30 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--variant", choices=["zero123", "stable_zero123"], default=None,
                    help="camera conditioning of the checkpoint (default: from the folder's config or the file "
                         "name: names with 'stable' or '123c' mean stable_zero123)")
+    add_weights_variant_option(g)
+    add_original_config_option(g)
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
                    help="weights/compute precision (default: fp16 on CUDA, fp32 on CPU)")
+
+
+def add_weights_variant_option(p) -> None:
+    """``--weights-variant``: which diffusers variant weight files of a model folder to read."""
+    from ..loading.folder_layouts import WEIGHT_VARIANTS
+
+    p.add_argument("--weights-variant", choices=["auto", "plain", *WEIGHT_VARIANTS], default=None,
+                   help="for a diffusers-format folder: which weight files to read (diffusion_pytorch_model"
+                        ".<variant>.safetensors). Default auto: EMA weights when present (ema, then fp16_ema), else "
+                        "the plain files, else fp16; a component without the chosen variant uses its plain file")
+
+
+def add_original_config_option(p) -> None:
+    """``--original-config PATH``: the LDM yaml of a single-file checkpoint."""
+    p.add_argument("--original-config", metavar="YAML", default=None,
+                   help="the checkpoint's original LDM yaml (zero123's "
+                        "configs/sd-objaverse-finetune-c_concat-256.yaml, threestudio's pretrained_config): the sizes its tensors do not determine (UNet heads, image "
+                        "size, scale factor). Default: a sidecar <ckpt>.json, else the released sizes (zero123 info "
+                        "marks them assumed)")
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -71,6 +92,10 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
                    help="start noise ~ N(0, TAU^2), TAU in [0, 1]: below 1, views nearer the model's most likely "
                         "one, with less texture detail (default: the model folder's sampling.json, else 1; the "
                         "bundled model's is 0.5)")
+    p.add_argument("--timestep-spacing", choices=["zero123", "diffusers"], default="zero123",
+                   help="DDIM timesteps: zero123 (the original DDIMSampler's: S steps visit S-1 timesteps, the "
+                        "largest dropped) or diffusers (the community Zero1to3 pipeline's DDIMScheduler: S timesteps "
+                        "from 1 + (S-1)*(1000//S), 981 for 50). Default zero123")
 
 
 def resolve_device_dtype(args):

@@ -70,12 +70,15 @@ def run(args) -> int:
 
         device, dtype = resolve_device_dtype(args)
         ckpt = args.checkpoint
-        pipe = Zero123Pipeline.from_pretrained(ckpt, variant=args.variant, dtype=dtype, device=device) \
+        pipe = Zero123Pipeline.from_pretrained(ckpt, variant=args.variant, dtype=dtype, device=device,
+                                               weights_variant=args.weights_variant) \
             if ckpt is None or Path(ckpt).is_dir() else \
-            Zero123Pipeline.from_single_file(ckpt, variant=args.variant, dtype=dtype, device=device)
+            Zero123Pipeline.from_single_file(ckpt, variant=args.variant, dtype=dtype, device=device,
+                                             original_config=args.original_config)
         size = args.image_size or pipe.model.image_size
         if args.noise_scale is not None:
             pipe.noise_scale = args.noise_scale
+        pipe.timestep_spacing = args.timestep_spacing
         predict = pipeline_predictor(pipe, args.steps, args.guidance_scale, args.seed, args.eta, args.samples)
         autoencode = vae_roundtrip(pipe.model)
         name = Path(ckpt).name if ckpt else "bundled"
@@ -83,6 +86,7 @@ def run(args) -> int:
             name += f" (mean of {args.samples} samples)"
         settings = {"checkpoint": ckpt or "bundled", "variant": pipe.model.variant.value, "steps": args.steps,
                     "guidance_scale": args.guidance_scale, "eta": args.eta, "noise_scale": pipe.noise_scale,
+                    "timestep_spacing": pipe.timestep_spacing,
                     "samples_per_view": args.samples,
                     "device": str(device), "dtype": dtype}
         if lpips is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_foreground_options, foreground_kwargs
+from ._common import add_foreground_options, add_original_config_option, foreground_kwargs
 
 EPILOG = """examples:
   zero123 text-to-3d "a friendly dog" --t2i-model ~/models/sdxl-turbo --checkpoint stable_zero123.ckpt --out dog/
@@ -65,6 +65,7 @@ def add_parser(sub, name, summary):
     g.add_argument("--checkpoint", "-c", metavar="PATH", default=None,
                    help="Zero123-family model (stable_zero123.ckpt, ...; .ckpt/.safetensors or diffusers folder). "
                         "Default: the small model bundled with zero123")
+    add_original_config_option(g)
     g.add_argument("--preset", default="auto", metavar="NAME",
                    help="image-to-3D preset of `zero123 to3d`: auto (default on a GPU, cpu on a CPU), default (the "
                         "recipe, 600 steps), fast, cpu, tiny")
@@ -110,6 +111,7 @@ def run(args) -> int:
             cpu_offload=args.cpu_offload, rgba_size=args.rgba_size, preset=args.preset, steps=args.steps,
             seed=args.seed, device=args.device, dtype=args.dtype, input_elevation=args.input_elevation,
             resume=args.resume, skip_3d=args.no_3d, progress=True, variant=args.variant,
+            original_config=args.original_config,
         )
     except Interrupted as exc:
         command = resume_command(exc.out_dir / INPUT_RGBA_NAME, exc.out_dir, args)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_foreground_options, foreground_kwargs
+from ._common import add_foreground_options, add_original_config_option, foreground_kwargs
 
 
 def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
@@ -29,6 +29,7 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", "-c", default=None,
                    help="Zero123 / Stable Zero123 checkpoint (.ckpt/.safetensors or a diffusers folder); "
                         "default: the bundled model")
+    add_original_config_option(p)
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--preset", choices=["auto", "default", "fast", "cpu", "tiny"], default="auto",
                    help="auto (default): 'default' on a GPU, 'cpu' on a CPU; default: the recipe (600 steps); "
@@ -101,7 +102,8 @@ def run(args) -> int:
         result = to3d(args.image, args.checkpoint, args.out, preset=args.preset, steps=args.steps, seed=args.seed,
                       device=args.device, dtype=args.dtype, resume=args.resume,
                       input_elevation="auto" if args.input_elevation is None else args.input_elevation,
-                      progress=not args.no_progress, variant=args.variant, **foreground)
+                      progress=not args.no_progress, variant=args.variant,
+                      original_config=args.original_config, **foreground)
     except Interrupted as exc:
         print(interrupted_message(exc, resume_command(args.image, exc.out_dir, args)), file=sys.stderr)
         return 130

@@ -75,9 +75,11 @@ def run(args) -> int:
     elevations = _broadcast(args.elevation, n, "elevation")
     azimuths = _broadcast(args.azimuth, n, "azimuth")
     radii = _broadcast(args.radius, n, "radius")
-    pipe = Zero123Pipeline.from_pretrained(args.checkpoint, variant=args.variant, dtype=dtype, device=device) \
+    pipe = Zero123Pipeline.from_pretrained(args.checkpoint, variant=args.variant, dtype=dtype, device=device,
+                                           weights_variant=args.weights_variant) \
         if args.checkpoint is None or Path(args.checkpoint).is_dir() else \
-        Zero123Pipeline.from_single_file(args.checkpoint, variant=args.variant, dtype=dtype, device=device)
+        Zero123Pipeline.from_single_file(args.checkpoint, variant=args.variant, dtype=dtype, device=device,
+                                         original_config=args.original_config)
     input_elevation, estimate = args.input_elevation, None
     if input_elevation is None and pipe.needs_input_elevation():
         from ..elevation import describe, estimate_input_elevation
@@ -89,6 +91,7 @@ def run(args) -> int:
     pipe.camera_batch(elevations, azimuths, radii, input_elevation)  # validate cameras before sampling
     if tau is not None:
         pipe.noise_scale = tau
+    pipe.timestep_spacing = args.timestep_spacing
     if args.fast:
         pipe.enable_fast_path()
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
@@ -98,7 +101,7 @@ def run(args) -> int:
     out_dir = Path(args.out).expanduser()
     meta = {"checkpoint": args.checkpoint or "bundled", "variant": pipe.model.variant.value, "seed": args.seed,
             "steps": args.steps, "guidance_scale": args.guidance_scale, "eta": args.eta,
-            "noise_scale": pipe.noise_scale,
+            "noise_scale": pipe.noise_scale, "timestep_spacing": pipe.timestep_spacing,
             "input_elevation": input_elevation,
             "input_elevation_source": "estimated" if estimate else ("given" if args.input_elevation is not None
                                                                    else "unused by this variant"),

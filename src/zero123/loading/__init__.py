@@ -18,8 +18,11 @@ from ..camera import ConditioningVariant
 from ..errors import CheckpointError
 from ..models.configs import Zero123Config
 from .int8_weights import dequantize_state_dict, quantize_state_dict
-from .ldm_checkpoint import (config_from_ldm, convert_openai_clip_visual, convert_unet, convert_vae, detect_variant,
-                             read_sidecar, split_ldm_state_dict)
+from .ldm_checkpoint import (check_sidecar, config_from_ldm, convert_openai_clip_visual, convert_unet, convert_vae,
+                             detect_variant, read_original_config, read_sidecar, split_ldm_state_dict)
+from .folder_layouts import (KXIC_MODEL_INDEX, META_FILE, cc_projection_config, check_projection_config,
+                             folder_variant, parse_weights_variant, projection_folder, read_json, read_meta,
+                             weights_file)
 from .safe_io import read_checkpoint_file, read_state_dict
 
 __all__ = ["load_model", "load_ldm_checkpoint", "load_diffusers_folder", "save_pretrained", "bundled_model_path",
@@ -86,21 +89,25 @@ def _finish(model, dtype, device):
 
 
 def load_ldm_checkpoint(path, variant=None, use_ema: bool = True, num_heads: int | None = None, dtype=None,
-                        device=None):
+                        device=None, original_config=None):
     """An original LDM single-file checkpoint -> ``(Zero123Model, LoadReport)``.
 
     ``variant`` (``zero123`` | ``stable_zero123``) defaults to a sidecar JSON's or the file name's (see
     ``detect_variant``). EMA weights (``model_ema.*``) are used when present unless ``use_ema=False``.
+    ``original_config``: the original LDM yaml (path), the source of every size the tensors do not determine
+    (``zero123.loading.ldm_checkpoint``); ``report.extra["sizes_from"]`` says where each came from.
     """
     path = Path(path)
+    original = read_original_config(original_config) if original_config else None
     obj = read_checkpoint_file(path)
     from .safe_io import extract_state_dict
 
     sd = extract_state_dict(obj, path)
-    sidecar = read_sidecar(path)
+    sidecar = check_sidecar(read_sidecar(path), path)
     variant = ConditioningVariant.parse(variant) if variant else detect_variant(path, sidecar)
     groups = split_ldm_state_dict(sd, use_ema=use_ema, source=str(path))
-    config = config_from_ldm(groups, variant.value, sidecar, num_heads)
+    sizes_from: dict = {}
+    config = config_from_ldm(groups, variant.value, sidecar, num_heads, original, sizes_from)
     model = _build_empty(config)
     _assign_weights(model.unet, convert_unet(groups, config.unet), "UNet", str(path))
     _assign_weights(model.vae, convert_vae(groups, config.vae), "VAE", str(path))
@@ -110,60 +117,58 @@ def load_ldm_checkpoint(path, variant=None, use_ema: bool = True, num_heads: int
                     "camera projection", str(path))
     report = LoadReport(source=str(path), format="ldm", variant=variant.value, config=config,
                         uses_ema=groups.uses_ema, ignored=groups.ignored,
-                        extra={k: obj[k] for k in ("global_step", "epoch") if k in obj and not torch.is_tensor(obj[k])})
+                        extra={**{k: obj[k] for k in ("global_step", "epoch")
+                                  if k in obj and not torch.is_tensor(obj[k])}, "sizes_from": sizes_from})
     return _finish(model, dtype, device), report
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} not found: not a diffusers-format Zero123 folder") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+def load_diffusers_folder(folder, variant=None, dtype=None, device=None, weights_variant=None):
+    """A diffusers-format folder -> ``(Zero123Model, LoadReport)``.
 
-
-def _weights_file(folder: Path) -> Path:
-    for name in ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
-                 "pytorch_model.bin"):
-        if (folder / name).is_file():
-            return folder / name
-    raise CheckpointError(f"{folder} has no weights file (diffusion_pytorch_model.safetensors or .bin)")
-
-
-def load_diffusers_folder(folder, variant=None, dtype=None, device=None):
-    """A diffusers-format folder (``unet/``, ``vae/``, ``image_encoder/``, ``cc_projection/``, ...) ->
-    ``(Zero123Model, LoadReport)``. Also reads the published zero123 diffusers layout, whose ``cc_projection``
-    config says ``in_channel``/``out_channel``; such folders carry no variant, so it defaults to ``zero123``.
-    Every weight file is read safely (safetensors, or ``.bin`` with ``weights_only=True``); int8-stored weights
-    (``zero123.loading.int8_weights``) are dequantized."""
+    Reads every layout of ``zero123.loading.folder_layouts``: kxic/zero123-* (``cc_projection/``, what we write),
+    bennyguo/ashawkey ``Zero123Pipeline`` folders (``clip_camera_projection/`` with ``proj.*``) and our older
+    folders. ``weights_variant``: ``None`` (EMA files when present, else plain, else fp16), ``"plain"``, ``"ema"``,
+    ``"fp16"``, ``"fp16_ema"`` or ``"non_ema"`` (see ``folder_layouts.weights_file``). ``variant``: the camera
+    conditioning; default from ``zero123.json``, an older ``cc_projection/config.json``, the folder's name, else
+    ``zero123`` with a warning. Every weight file is read safely (safetensors, or ``.bin`` with
+    ``weights_only=True``); int8-stored weights (``zero123.loading.int8_weights``) are dequantized."""
     folder = Path(folder)
-    for part in COMPONENTS:
+    weights_variant = parse_weights_variant(weights_variant)
+    for part in ("unet", "vae", "image_encoder"):
         if not (folder / part).is_dir():
             raise CheckpointError(f"{folder} is not a Zero123 diffusers folder: no {part}/ subfolder")
-    cc_cfg = _read_json(folder / "cc_projection" / "config.json")
-    embed_dim = int(cc_cfg.get("embed_dim", cc_cfg.get("out_channel", 768)))
-    camera_dim = int(cc_cfg.get("camera_dim", cc_cfg.get("in_channel", embed_dim + 4) - embed_dim))
-    if camera_dim != 4:
-        raise CheckpointError(f"{folder}/cc_projection takes {camera_dim} camera numbers; Zero123 models take 4")
-    variant = ConditioningVariant.parse(variant or cc_cfg.get("variant", "zero123"))
-    config = Zero123Config(unet=_strip(_read_json(folder / "unet" / "config.json")),
-                           vae=_strip(_read_json(folder / "vae" / "config.json")),
-                           clip=_clip_kwargs(_read_json(folder / "image_encoder" / "config.json")),
+    proj_dir, proj_prefix = projection_folder(folder)
+    proj_cfg = read_json(proj_dir / "config.json")
+    check_projection_config(proj_dir, proj_cfg)
+    meta = read_meta(folder)
+    if variant:
+        variant, variant_source = ConditioningVariant.parse(variant), "given"
+    else:
+        variant, variant_source = folder_variant(folder, meta, proj_cfg)
+    files = {part: weights_file(folder / part, weights_variant) for part in (*COMPONENTS[:3], proj_dir.name)}
+    if weights_variant not in (None, "plain") and all(v != weights_variant for _, v in files.values()):
+        raise CheckpointError(f"{folder} has no {weights_variant} weight files (weights variant "
+                              f"{weights_variant!r}); found: {sorted({str(v or 'plain') for _, v in files.values()})}")
+    config = Zero123Config(unet=_strip(read_json(folder / "unet" / "config.json")),
+                           vae=_strip(read_json(folder / "vae" / "config.json")),
+                           clip=_clip_kwargs(read_json(folder / "image_encoder" / "config.json")),
                            variant=variant.value)
     try:
         model = _build_empty(config)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{folder}: component configs do not describe a Zero123 model ({exc})") from None
     for part, module in (("unet", model.unet), ("vae", model.vae), ("image_encoder", model.image_encoder)):
-        _assign_weights(module, dequantize_state_dict(read_state_dict(_weights_file(folder / part))), part,
-                        str(folder))
-    cc = dequantize_state_dict(read_state_dict(_weights_file(folder / "cc_projection")))
-    _assign_weights(model.camera_projection, cc, "cc_projection", str(folder))
+        _assign_weights(module, dequantize_state_dict(read_state_dict(files[part][0])), part, str(folder))
+    cc = dequantize_state_dict(read_state_dict(files[proj_dir.name][0]))
+    cc = {"projection." + k[len(proj_prefix):] if k.startswith(proj_prefix) else k: v for k, v in cc.items()}
+    _assign_weights(model.camera_projection, cc, proj_dir.name, str(folder))
     if model.unet.config.in_channels != 2 * model.vae.config.latent_channels:
         raise CheckpointError(f"{folder}: UNet takes {model.unet.config.in_channels} channels; a Zero123 UNet takes "
                               f"{2 * model.vae.config.latent_channels} (noisy latent + input-view latent)")
-    report = LoadReport(source=str(folder), format="diffusers", variant=variant.value, config=config)
+    used = {part: variant_name or "plain" for part, (_, variant_name) in files.items()}
+    report = LoadReport(source=str(folder), format="diffusers", variant=variant.value, config=config,
+                        uses_ema=used["unet"] in ("ema", "fp16_ema"),
+                        extra={"variant_from": variant_source, "weight_files": used})
     return _finish(model, dtype, device), report
 
 
@@ -179,8 +184,12 @@ def _clip_kwargs(cfg: dict) -> dict:
     return {k: cfg[k] for k in keep if k in cfg}
 
 
-def load_model(path=None, variant=None, dtype=None, device=None, use_ema: bool = True, return_report=False):
-    """Load a Zero123-family model from a file, a folder, or (``path=None``) the bundled default model."""
+def load_model(path=None, variant=None, dtype=None, device=None, use_ema: bool = True, return_report=False,
+               weights_variant=None, original_config=None):
+    """Load a Zero123-family model from a file, a folder, or (``path=None``) the bundled default model.
+
+    ``use_ema`` and ``original_config`` (the LDM yaml) apply to single files; ``weights_variant`` to folders (see
+    ``load_diffusers_folder``), whose configs already hold every size."""
     if path is None:
         path = bundled_model_path()
         if not (path / "model_index.json").is_file():
@@ -188,16 +197,25 @@ def load_model(path=None, variant=None, dtype=None, device=None, use_ema: bool =
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir() and original_config:
+        raise CheckpointError(f"--original-config applies to single-file checkpoints; {path} is a folder, whose "
+                              "component configs hold its sizes")
     if path.is_dir():
-        model, report = load_diffusers_folder(path, variant=variant, dtype=dtype, device=device)
+        model, report = load_diffusers_folder(path, variant=variant, dtype=dtype, device=device,
+                                              weights_variant=weights_variant)
     else:
-        model, report = load_ldm_checkpoint(path, variant=variant, use_ema=use_ema, dtype=dtype, device=device)
+        model, report = load_ldm_checkpoint(path, variant=variant, use_ema=use_ema, dtype=dtype, device=device,
+                                            original_config=original_config)
     return (model, report) if return_report else model
 
 
 def save_pretrained(model, folder, half: bool = False, int8_unet: bool = False,
                     extra_files: dict[str, str] | None = None) -> Path:
     """Write ``model`` as a diffusers-format folder with safetensors (``half=True`` stores fp16).
+
+    The layout is the kxic/zero123-* one (``folder_layouts.KXIC_MODEL_INDEX``): diffusers' community
+    ``Zero1to3StableDiffusionPipeline`` loads it unchanged with ``DiffusionPipeline.from_pretrained(folder,
+    custom_pipeline=...)``. The camera conditioning is recorded in ``zero123.json``, which diffusers ignores.
 
     ``int8_unet=True`` stores the UNet's large weights as int8 with per-channel scales
     (``zero123.loading.int8_weights``; its other tensors in fp16, or fp32 without ``half``): about half the UNet's
@@ -224,17 +242,22 @@ def save_pretrained(model, folder, half: bool = False, int8_unet: bool = False,
                 continue
             if dtype is not None:
                 module = _half_copy(module)
+            if name == "cc_projection":  # the community pipeline's CCProjection(in_channel=772, out_channel=768)
+                (tmp / name).mkdir()
+                (tmp / name / "config.json").write_text(json.dumps(
+                    cc_projection_config(module.config.embed_dim, diffusers_version), indent=2) + "\n")
+                save_file({k: v.contiguous() for k, v in module.state_dict().items()},
+                          str(tmp / name / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+                continue
             module.save_pretrained(tmp / name, safe_serialization=True)
         make_ddim_scheduler().save_pretrained(tmp / "scheduler")
         size = model.image_encoder.config.image_size
         CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                            do_center_crop=True, resample=3).save_pretrained(tmp / "feature_extractor")
-        index = {"_class_name": "Zero123Pipeline", "_diffusers_version": diffusers_version,
-                 "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-                 "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-                 "cc_projection": ["zero123", "CameraProjection"], "scheduler": ["diffusers", "DDIMScheduler"],
-                 "feature_extractor": ["transformers", "CLIPImageProcessor"]}
+        index = {"_class_name": KXIC_MODEL_INDEX["_class_name"], "_diffusers_version": diffusers_version,
+                 **{k: v for k, v in KXIC_MODEL_INDEX.items() if k != "_class_name"}}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (tmp / META_FILE).write_text(json.dumps({"variant": model.variant.value}, indent=2) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
     return folder

@@ -12,9 +12,14 @@ Key groups of a real checkpoint (``../shared/spec/zero123_ldm_keys.tsv`` lists a
 schedule buffers (``betas``, ...)  checked against our schedule, then ignored
 =================================  =====================================================================
 
-Sizes are read from tensor shapes; the one thing shapes cannot tell, the number of attention heads, is 8 in every
-released model and can be overridden with a sidecar ``<checkpoint>.json`` (``{"sizes": {"unet": {"num_heads": 2}}}``,
-the format of ``shared/fixtures/tiny_zero123_ldm.json``) or the ``num_heads`` argument.
+Sizes are read from tensor shapes. What shapes cannot tell (the UNet's attention heads, the image size, the latent
+scale factor) comes from the original LDM yaml (``original_config``, CLI ``--original-config``: zero123's
+``configs/sd-objaverse-finetune-c_concat-256.yaml``, threestudio's ``pretrained_config``; diffusers'
+``from_single_file(original_config=...)`` convention), else a sidecar ``<checkpoint>.json`` (``{"sizes": {"unet":
+{"num_heads": 2}, "vae": {"resolution": 32}}}``, the format of ``shared/fixtures/tiny_zero123_ldm.json``), else the
+released defaults (8 heads, 256 px, 0.18215), each marked "assumed" in ``LoadReport.extra["sizes_from"]`` (what
+``zero123 info`` prints). The CLIP image tower's heads are width // 64 (OpenAI CLIP's rule; the yaml names only
+``FrozenCLIPImageEmbedder``, whose ``clip.load("ViT-L/14")`` follows it).
 """
 
 from __future__ import annotations
@@ -224,17 +229,107 @@ def read_sidecar(path: Path) -> dict:
     return {}
 
 
+SIDECAR_KEYS = ("variant", "sizes", "ldm", "ddim", "seed")
+DEFAULT_IMAGE_SIZE = 256
+#: the LDM ``UNetModel`` / ``ddconfig`` parameters that tensor shapes determine, checked against a yaml's
+SHAPE_KEYS = {"unet": ("in_channels", "out_channels", "model_channels", "channel_mult", "num_res_blocks",
+                       "attention_resolutions", "transformer_depth", "context_dim"),
+              "vae": ("ch", "ch_mult", "num_res_blocks", "z_channels")}
+
+
+def check_sidecar(sidecar: dict, path) -> dict:
+    """Warn about sidecar fields that the loader does not read (a typo would otherwise be ignored silently)."""
+    import warnings
+
+    unknown = sorted(set(sidecar) - set(SIDECAR_KEYS)) + sorted(
+        f"sizes.{k}" for k in set(sidecar.get("sizes", {})) - {"unet", "vae", "clip"})
+    if unknown:
+        warnings.warn(f"{path}: unknown field(s) {', '.join(unknown)} ignored (known: {', '.join(SIDECAR_KEYS)})",
+                      stacklevel=3)
+    return sidecar
+
+
+def read_original_config(path) -> dict:
+    """An original LDM yaml (``model.params.unet_config`` / ``first_stage_config``) as a sidecar-style dict
+    ``{"sizes": {"unet": {...}, "vae": {...}}, "ldm": {"scale_factor": ...}, "source": path}``."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"--original-config {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise CheckpointError(f"--original-config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    try:
+        params = data["model"]["params"]
+        unet = dict(params["unet_config"]["params"])
+        vae = dict(params["first_stage_config"]["params"]["ddconfig"])
+    except (KeyError, TypeError):
+        raise CheckpointError(f"--original-config {path} is not an LDM config (no model.params.unet_config / "
+                              "first_stage_config.params.ddconfig)") from None
+    if "num_heads" not in unet or int(unet["num_heads"]) < 1:
+        raise CheckpointError(f"--original-config {path}: unet_config.params.num_heads is missing (a Zero123 UNet "
+                              "has a fixed number of heads)")
+    ldm = {"scale_factor": float(params["scale_factor"])} if "scale_factor" in params else {}
+    return {"sizes": {"unet": unet, "vae": vae}, "ldm": ldm, "source": str(path)}
+
+
+def _check_against_yaml(inferred: dict, given: dict, part: str, source: str) -> None:
+    for key in SHAPE_KEYS[part]:
+        if key in given and key in inferred:
+            want = given[key]
+            want = sorted(want) if key == "attention_resolutions" else want
+            have = sorted(inferred[key]) if key == "attention_resolutions" else inferred[key]
+            if (list(want) if isinstance(want, (list, tuple)) else want) != \
+                    (list(have) if isinstance(have, (list, tuple)) else have):
+                raise CheckpointError(f"--original-config {source} says {part} {key} = {given[key]}, the checkpoint's "
+                                      f"tensors have {inferred[key]}: not this checkpoint's config")
+
+
 def config_from_ldm(groups: LdmKeyGroups, variant: str, sidecar: dict | None = None,
-                    num_heads: int | None = None) -> Zero123Config:
-    """A ``Zero123Config`` whose sizes match the checkpoint's tensors."""
-    sizes = (sidecar or {}).get("sizes", {})
-    heads = num_heads or sizes.get("unet", {}).get("num_heads") or DEFAULT_NUM_HEADS
+                    num_heads: int | None = None, original_config: dict | None = None,
+                    provenance: dict | None = None) -> Zero123Config:
+    """A ``Zero123Config`` whose sizes match the checkpoint's tensors; the rest from ``original_config``
+    (``read_original_config``), else ``sidecar``, else the released defaults. ``provenance`` (a dict, if given)
+    is filled with where each size came from (``read from ...`` / ``assumed (...)``)."""
+    given = original_config or sidecar or {}
+    where = f"read from {original_config['source']}" if original_config else "read from the sidecar JSON"
+    sizes = given.get("sizes", {})
+    unet_given, vae_given = sizes.get("unet", {}), sizes.get("vae", {})
+    provenance = {} if provenance is None else provenance
+    if num_heads:
+        heads, provenance["unet.num_heads"] = num_heads, "given (num_heads=)"
+    elif unet_given.get("num_heads"):
+        heads, provenance["unet.num_heads"] = int(unet_given["num_heads"]), where
+    else:
+        heads, provenance["unet.num_heads"] = DEFAULT_NUM_HEADS, f"assumed ({DEFAULT_NUM_HEADS}, as released)"
     u = infer_unet_sizes(groups.unet, heads)
     v = infer_vae_sizes(groups.vae)
     c = infer_clip_sizes(groups.clip_visual)
+    if original_config:
+        _check_against_yaml(u, unet_given, "unet", original_config["source"])
+        _check_against_yaml(v, vae_given, "vae", original_config["source"])
     down = 2 ** (len(v["ch_mult"]) - 1)
-    image_size = sizes.get("vae", {}).get("resolution", 256)
-    scale = (sidecar or {}).get("ldm", {}).get("scale_factor", SD_SCALING_FACTOR)
+    if "resolution" in vae_given:
+        image_size, provenance["image_size"] = int(vae_given["resolution"]), where
+    else:
+        image_size, provenance["image_size"] = DEFAULT_IMAGE_SIZE, f"assumed ({DEFAULT_IMAGE_SIZE}, as released)"
+    if "scale_factor" in given.get("ldm", {}):
+        scale, provenance["scale_factor"] = float(given["ldm"]["scale_factor"]), where
+    else:
+        scale, provenance["scale_factor"] = SD_SCALING_FACTOR, f"assumed ({SD_SCALING_FACTOR}, as released)"
+    provenance["unet widths, levels, depth"] = provenance["vae widths, levels"] = "read from tensor shapes"
+    provenance["clip width, layers, patch, image size"] = "read from tensor shapes"
+    provenance["clip.num_heads"] = f"assumed (width // 64 = {max(1, c['width'] // 64)}, OpenAI CLIP's rule)"
+    hint = "" if original_config else " (pass the checkpoint's LDM yaml with --original-config)"
+    bad = [w for w in (u["model_channels"] * m for m in u["channel_mult"]) if w % heads]
+    if bad:
+        raise CheckpointError(f"UNet width {bad[0]} does not split into {heads} attention heads "
+                              f"({provenance['unet.num_heads']}){hint}")
+    if image_size % down or image_size // down < 2 ** (len(u["channel_mult"]) - 1):
+        raise CheckpointError(f"image size {image_size} ({provenance['image_size']}) does not fit a VAE that "
+                              f"downsamples by {down} and a UNet with {len(u['channel_mult'])} levels{hint}")
     cc_in, cc_out = groups.cc_projection["weight"].shape[1], groups.cc_projection["weight"].shape[0]
     if cc_out != c["embed_dim"] or cc_in != cc_out + 4:
         raise CheckpointError(f"cc_projection has shape {cc_out}x{cc_in}; expected {c['embed_dim']}x"
@@ -299,9 +394,8 @@ def detect_variant(path: Path, sidecar: dict) -> ConditioningVariant:
     Released Zero123 and Stable Zero123 checkpoints share one key layout, so the name is the only clue; pass
     ``variant=`` (CLI ``--variant``) when a file was renamed.
     """
+    from .folder_layouts import guess_variant_from_name
+
     if "variant" in sidecar:
         return ConditioningVariant.parse(sidecar["variant"])
-    name = path.name.lower().replace("-", "_")
-    if "stable" in name or "zero123c" in name or "sz123" in name:
-        return ConditioningVariant.STABLE_ZERO123
-    return ConditioningVariant.ZERO123
+    return guess_variant_from_name(path.name) or ConditioningVariant.ZERO123

@@ -13,10 +13,12 @@ from ..camera import ConditioningVariant
 class CameraProjection(ModelMixin, ConfigMixin):
     """Maps ``cat([clip_embedding [B,1,D], T [B,1,4]], -1)`` to the single cross-attention token ``[B,1,D]``.
 
-    Weights are stored as ``projection.weight/bias``, the key names of the zero123 diffusers folders published as
-    ``cc_projection/`` (whose config says ``in_channel=772, out_channel=768``; ``zero123.loading`` maps those).
-    ``variant`` records how T is formed (``zero123`` or ``stable_zero123``, see ``zero123.camera``); it is stored in
-    the folder's ``config.json`` so a converted model remembers it. ``camera_dim`` is 4 for every released model.
+    Weights are stored as ``projection.weight`` ``[D, D+4]`` / ``projection.bias`` ``[D]``, the names of the
+    ``cc_projection/`` of the kxic/zero123-* folders (diffusers' community ``CCProjection``, whose config has no
+    arguments); bennyguo/ashawkey folders name them ``clip_camera_projection/proj.*`` (``zero123.loading`` maps
+    both, see ``zero123.loading.folder_layouts``). ``variant`` records how T is formed (``zero123`` or
+    ``stable_zero123``, see ``zero123.camera``); a written folder keeps it in its top-level ``zero123.json``.
+    ``camera_dim`` is 4 for every released model.
     """
 
     config_name = "config.json"
@@ -32,10 +34,11 @@ class CameraProjection(ModelMixin, ConfigMixin):
         return ConditioningVariant.parse(self.config.variant)
 
     def identity_init(self) -> None:
-        """Identity on the CLIP part, zero on the camera part and bias (how Zero123 starts fine-tuning)."""
+        """As the original starts a new ``cc_projection`` (``ddpm.py``: ``nn.init.eye_`` on ``weight[:D, :D]``,
+        ``nn.init.zeros_`` on the bias): identity on the CLIP columns, zero bias, and the 4 camera columns keep
+        ``nn.Linear``'s default initialisation (uniform in +-1/sqrt(D + 4), drawn when the layer was built)."""
         d = self.config.embed_dim
         with torch.no_grad():
-            self.projection.weight.zero_()
             self.projection.weight[:, :d].copy_(torch.eye(d))
             self.projection.bias.zero_()
 

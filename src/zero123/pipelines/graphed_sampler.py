@@ -54,7 +54,8 @@ class GraphedSamplerCache:
         self.loops: dict[tuple, _GraphedLoop] = {}
 
     def run(self, sampler, x, token, concat, guidance_scale, noises=None) -> torch.Tensor:
-        key = (tuple(x.shape), len(sampler), float(guidance_scale), float(sampler.eta), token.dtype)
+        key = (tuple(x.shape), tuple(sampler.timesteps.tolist()), float(guidance_scale), float(sampler.eta),
+               token.dtype)
         loop = self.loops.get(key)
         if loop is None:
             loop = self.loops[key] = _GraphedLoop(self.model, sampler, x, token, concat, guidance_scale, noises)

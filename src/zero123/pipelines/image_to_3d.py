@@ -391,7 +391,8 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
          seed: int = 0, device=None, dtype=None, resume=None, input_elevation: Optional[float | str] = None,
          progress: bool = True, model=None, config: Optional[ImageTo3DConfig] = None,
          export: bool = True, matting_model=None, mask=None, segmentation: str = "auto",
-         variant: Optional[str] = None, replace_outputs: bool = True) -> ImageTo3DResult:
+         variant: Optional[str] = None, replace_outputs: bool = True,
+         original_config=None) -> ImageTo3DResult:
     """Turn one object image into a textured mesh and a turntable video.
 
     Args:
@@ -423,6 +424,7 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
             folder's config or the file name, as ``zero123 views --variant``).
         replace_outputs: False writes into ``out_dir`` as it is, beside other files (``text_to_3d`` uses it for
             its own folder).
+        original_config: the LDM yaml of a single-file ``checkpoint`` (sizes its tensors do not determine).
     Returns:
         :class:`ImageTo3DResult`. Ctrl-C saves the state and raises :class:`Interrupted` (a ``KeyboardInterrupt``).
     """
@@ -477,7 +479,8 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
     if model is None:
         from ..loading import load_model
 
-        model = load_model(checkpoint, variant=variant, device=dev, dtype=_resolve_dtype(dtype, dev))
+        model = load_model(checkpoint, variant=variant, device=dev, dtype=_resolve_dtype(dtype, dev),
+                           original_config=original_config)
         if dev.type == "cuda":
             from ..models.optimizations import optimize_for_inference
 

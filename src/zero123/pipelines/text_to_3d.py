@@ -184,7 +184,7 @@ def text_to_3d(prompt: str, t2i_model, checkpoint=None, out_dir: str | os.PathLi
                cpu_offload: bool = False, rgba_size: int = 512,
                preset: str = "auto", steps: int | None = None, seed: int = 0, device=None, dtype=None,
                input_elevation: float | None = None, resume=None, skip_3d: bool = False, progress: bool = True,
-               model=None, variant: str | None = None) -> TextTo3DResult:
+               model=None, variant: str | None = None, original_config=None) -> TextTo3DResult:
     """Run text -> image -> mask -> 3D and return the paths (see module docstring).
 
     prompt: the object, e.g. "a friendly dog". t2i_model: SDXL / SDXL-Turbo diffusers folder or single file
@@ -196,7 +196,7 @@ def text_to_3d(prompt: str, t2i_model, checkpoint=None, out_dir: str | os.PathLi
     file name). mask: your own mask of the generated image (e.g. an edited ``candidates/NN_mask.png`` with
     ``pick``); segmentation: auto / plain / builtin / matting (``zero123.preprocessing``). rgba_size: side of
     ``input_rgba.png`` in px. preset, steps, seed, device, dtype, input_elevation (degrees), resume, progress, model,
-    variant: passed to ``to3d`` (``model``: a loaded ``Zero123Model``
+    variant, original_config: passed to ``to3d`` (``model``: a loaded ``Zero123Model``
     used instead of ``checkpoint``); ``seed`` is also the first text-to-image seed. skip_3d: stop after
     ``input_rgba.png``. cpu_offload: SDXL's networks visit the GPU one at a time (small GPUs).
     """
@@ -305,7 +305,8 @@ def text_to_3d(prompt: str, t2i_model, checkpoint=None, out_dir: str | os.PathLi
             try:
                 result.result_3d = to3d(input_rgba, checkpoint, out_dir, preset=preset, steps=steps, seed=seed,
                                         device=device, dtype=dtype, resume=resume, input_elevation=input_elevation,
-                                        progress=progress, model=model, variant=variant, replace_outputs=False)
+                                        progress=progress, model=model, variant=variant, replace_outputs=False,
+                                        original_config=original_config)
             except Zero123Error as exc:
                 raise Zero123Error(f"{exc} (image-to-3D stage; {INPUT_RGBA_NAME} is kept, rerun only this stage "
                                    f"with: {rerun})") from None

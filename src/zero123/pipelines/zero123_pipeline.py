@@ -7,6 +7,9 @@
 Camera changes are relative to the input view: ``elevations`` / ``azimuths`` in degrees, ``radii`` in world units
 (see ``zero123.camera``). Sampling is DDIM with classifier-free guidance exactly as zero123's ``DDIMSampler`` runs it
 (``num_inference_steps=S`` visits ``S-1`` timesteps, see ``zero123.schedulers.ldm_ddim_timesteps``).
+``timestep_spacing="diffusers"`` runs the timesteps of diffusers' community ``Zero1to3StableDiffusionPipeline``
+instead (its ``DDIMScheduler``: S timesteps from ``1 + (S-1) * (1000 // S)``, 981 for 50), so that the same folder,
+start noise and settings give that pipeline's sample.
 
 ``noise_scale`` (tau, in [0, 1]) draws the start noise from ``N(0, tau^2 I)`` instead of ``N(0, I)``: low-temperature
 sampling, which trades sample diversity (and fine texture) for views nearer the model's most likely one. 1 is the
@@ -32,7 +35,7 @@ from tqdm.auto import tqdm
 from ..camera import ConditioningVariant, check_elevation
 from ..errors import Zero123Error
 from ..preprocessing import PreparedImage, prepare_input_image, tensor_to_images
-from ..schedulers import DDIMSampler
+from ..schedulers import DDIMSampler, check_timestep_spacing
 
 #: Camera-change bounds accepted by the pipeline (Zero123 was trained on radius 1.5 .. 2.2).
 MAX_ABS_DELTA_RADIUS = 1.0
@@ -81,10 +84,12 @@ class Zero123PipelineOutput:
 class Zero123Pipeline:
     """Zero123-family novel-view sampler around a ``Zero123Model``."""
 
-    def __init__(self, model, noise_scale: float = 1.0):
+    def __init__(self, model, noise_scale: float = 1.0, timestep_spacing: str = "zero123"):
         self.model = model
         #: the start-noise scale used when a call gives none (see the module docstring)
         self.noise_scale = check_noise_scale(noise_scale)
+        #: the DDIM timesteps used when a call gives none: ``zero123`` (the original's) or ``diffusers``
+        self.timestep_spacing = check_timestep_spacing(timestep_spacing)
         self._graphed = None  # optional CUDA-graph sampler, see enable_cuda_graph()
 
     # ----- construction ------------------------------------------------------------------------------------
@@ -93,19 +98,23 @@ class Zero123Pipeline:
         return cls(model)
 
     @classmethod
-    def from_single_file(cls, path, variant=None, dtype=None, device=None, use_ema: bool = True):
-        """An original LDM ``.ckpt`` / ``.safetensors`` (EMA weights used when present)."""
+    def from_single_file(cls, path, variant=None, dtype=None, device=None, use_ema: bool = True,
+                         original_config=None):
+        """An original LDM ``.ckpt`` / ``.safetensors`` (EMA weights used when present). ``original_config``: its
+        LDM yaml, for the sizes the tensors do not determine (diffusers' ``from_single_file`` convention)."""
         from ..loading import load_ldm_checkpoint
 
-        return cls(load_ldm_checkpoint(path, variant=variant, use_ema=use_ema, dtype=dtype, device=device)[0])
+        return cls(load_ldm_checkpoint(path, variant=variant, use_ema=use_ema, dtype=dtype, device=device,
+                                       original_config=original_config)[0])
 
     @classmethod
-    def from_pretrained(cls, folder=None, variant=None, dtype=None, device=None):
-        """A diffusers-format folder; ``None`` loads the model bundled with the package. The folder's
+    def from_pretrained(cls, folder=None, variant=None, dtype=None, device=None, weights_variant=None):
+        """A diffusers-format folder (any layout of ``zero123.loading.folder_layouts``); ``None`` loads the model
+        bundled with the package. ``weights_variant``: see ``zero123.loading.load_diffusers_folder``. The folder's
         ``sampling.json`` (if any) sets the default ``noise_scale``."""
         from ..loading import bundled_model_path, load_model
 
-        model = load_model(folder, variant=variant, dtype=dtype, device=device)
+        model = load_model(folder, variant=variant, dtype=dtype, device=device, weights_variant=weights_variant)
         return cls(model, **read_sampling_defaults(bundled_model_path() if folder is None else folder))
 
     def save_pretrained(self, folder, half: bool = False):
@@ -190,7 +199,7 @@ class Zero123Pipeline:
                  eta: float = 0.0, generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
                  output_type: str = "pil", batch_size: int = 8, matting=None, recentre: bool = True,
                  progress: bool = True, noise_scale: float | None = None, *, matting_model=None, mask=None,
-                 segmentation: str = "auto") -> Zero123PipelineOutput:
+                 segmentation: str = "auto", timestep_spacing: str | None = None) -> Zero123PipelineOutput:
         """Sample one view per (elevation, azimuth, radius) change of ``image``.
 
         ``image``: path, PIL image, or a tensor ``[1,3,H,W]`` in [-1,1] already at the model's size (used as is).
@@ -200,12 +209,14 @@ class Zero123Pipeline:
         path or callable; older name ``matting``): the input's foreground, see ``zero123.preprocessing``.
         ``input_elevation``: degrees, ``None`` (5 for Stable Zero123, else 0) or ``"auto"`` (estimated, see the
         module docstring).
+        ``timestep_spacing``: ``zero123`` or ``diffusers`` (module docstring); ``None``: the pipeline's.
         """
         from ..elevation import estimate_input_elevation, is_auto
 
         if output_type not in ("pil", "pt"):
             raise Zero123Error(f"output_type must be 'pil' or 'pt', got {output_type!r}")
         noise_scale = self.noise_scale if noise_scale is None else check_noise_scale(noise_scale)
+        spacing = check_timestep_spacing(timestep_spacing or self.timestep_spacing)
         auto = is_auto(input_elevation)
         if isinstance(input_elevation, str) and not auto:
             raise Zero123Error(f"input elevation must be degrees or 'auto', got {input_elevation!r}")
@@ -227,14 +238,15 @@ class Zero123Pipeline:
         clip_emb, concat = self.model.clip_embedding(images), self.model.concat_latent(images)
         n = camera.shape[0]
         num_batches = -(-n // batch_size)  # the bar advances once per denoising step of each batch
-        bar = tqdm(total=num_batches * len(DDIMSampler(num_inference_steps, eta)), desc="sampling views",
+        bar = tqdm(total=num_batches * len(DDIMSampler(num_inference_steps, eta, spacing=spacing)),
+                   desc="sampling views",
                    unit="step", disable=not progress, leave=False)
         for start in range(0, n, batch_size):
             sl = slice(start, min(n, start + batch_size))
             x_t = None if latents is None else latents[sl]
             out = self.sample(None, camera[sl], num_inference_steps, guidance_scale, eta, generator, x_t,
                               clip_embedding=clip_emb, concat_latent=concat, progress_bar=bar,
-                              noise_scale=noise_scale)
+                              noise_scale=noise_scale, timestep_spacing=spacing)
             all_latents.append(out)
             results.append(((self.model.decode_latents(out).float() + 1) / 2).clamp(0, 1))
         bar.close()
@@ -247,10 +259,10 @@ class Zero123Pipeline:
     def sample(self, images: torch.Tensor | None, camera: torch.Tensor, num_inference_steps: int = 50,
                guidance_scale: float = 3.0, eta: float = 0.0, generator: torch.Generator | None = None,
                latents: torch.Tensor | None = None, clip_embedding=None, concat_latent=None,
-               progress_bar=None, noise_scale: float = 1.0) -> torch.Tensor:
+               progress_bar=None, noise_scale: float = 1.0, timestep_spacing: str = "zero123") -> torch.Tensor:
         """The denoising loop: scaled latents ``[N,4,h,w]`` for camera ``[N,4]`` and input ``images`` ``[1|N,3,H,W]``
         (or precomputed ``clip_embedding`` / ``concat_latent``). Start noise ``latents`` (as given) or drawn from
-        ``generator`` and multiplied by ``noise_scale``."""
+        ``generator`` and multiplied by ``noise_scale``. ``timestep_spacing``: ``zero123`` or ``diffusers``."""
         model = self.model
         token, concat = model.conditioning(images, camera.to(self.device), clip_embedding, concat_latent)
         n, h = camera.shape[0], model.unet.config.sample_size
@@ -261,7 +273,7 @@ class Zero123Pipeline:
         elif tuple(latents.shape) != shape:
             raise Zero123Error(f"latents have shape {tuple(latents.shape)}, expected {shape}")
         x = latents.to(self.device, torch.float32)
-        sampler = DDIMSampler(num_inference_steps, eta)
+        sampler = DDIMSampler(num_inference_steps, eta, spacing=check_timestep_spacing(timestep_spacing))
         noises = None
         if eta > 0:
             noises = torch.randn((len(sampler),) + shape, generator=generator,

@@ -65,6 +65,12 @@ class ModelConfig:
     """
 
     init_from: str | None = None
+    #: with ``init_from``: which of the checkpoint's weights training starts from. ``plain`` (the original zero123
+    #: fine-tuning: ``model.diffusion_model.*``, or a folder's plain weight files) or ``ema`` (its EMA copy). Either
+    #: way the checkpoint's EMA weights, when it has them, are where the EMA average (``ema.enabled``) starts.
+    init_weights: str = "plain"
+    #: with a single-file ``init_from``: its original LDM yaml (the sizes its tensors do not determine).
+    original_config: str | None = None
     #: ``zero123`` | ``stable_zero123`` (how T is formed). null: the checkpoint's (``init_from``), else zero123.
     variant: str | None = None
     preset: str | None = None
@@ -93,6 +99,8 @@ class ModelConfig:
     frozen_dtype: str = "auto"
 
 
+#: the choices of ``ModelConfig.init_weights``
+INIT_WEIGHTS = ("plain", "ema")
 #: the keys of ``ModelConfig.grow_unet`` (keyword arguments of ``zero123.models.growth.grow_unet``)
 GROW_UNET_KEYS = {"transformer_depth", "attention_levels"}
 
@@ -223,6 +231,9 @@ class TrainConfig:
             raise Zero123Error("data.num_workers must be >= 0")
         if self.model.variant is not None:
             ConditioningVariant.parse(self.model.variant)
+        if self.model.init_weights not in INIT_WEIGHTS:
+            raise Zero123Error(f"model.init_weights must be one of {', '.join(INIT_WEIGHTS)}, "
+                               f"got {self.model.init_weights!r}")
         if self.model.init_from and (self.model.preset or self.model.unet):
             raise Zero123Error("model.init_from and model.preset/model.unet are exclusive: "
                                "fine-tune a checkpoint or build one from sizes, not both")

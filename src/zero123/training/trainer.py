@@ -300,17 +300,19 @@ def load_clip_folder(path):
 def build_model(cfg: ModelConfig, image_size: int | None = None, seed: int | None = 0, device=None):
     """The ``Zero123Model`` to train, float32 on CPU.
 
-    ``init_from``: ``zero123.loading.load_model`` (EMA weights of an LDM checkpoint when present). Otherwise random
-    weights of ``sizes_config(cfg)`` with the camera projection identity-initialised (``CameraProjection
-    .identity_init``: identity on the CLIP part, zero on T and bias, as Zero123 starts). ``grow_unet``: the loaded
-    UNet grown with ``zero123.models.growth.grow_unet`` (the same function, more weights). ``vae_from`` /
+    ``init_from``: ``zero123.loading.load_model`` with the checkpoint's plain weights (``init_weights: plain``, as
+    the original fine-tunes) or its EMA weights (``ema``). Otherwise random weights of ``sizes_config(cfg)`` with the
+    camera projection identity-initialised (``CameraProjection.identity_init``, as Zero123 starts). ``grow_unet``:
+    the loaded UNet grown with ``zero123.models.growth.grow_unet`` (the same function, more weights). ``vae_from`` /
     ``clip_from`` then replace the VAE / image encoder. ``device``: where random weights are initialised
     (a GPU initialises the 1.2 B full-size weights much faster than the CPU); loaded weights stay on the CPU.
     """
     if cfg.init_from:
         from ..loading import load_model
 
-        model = load_model(cfg.init_from, variant=cfg.variant)
+        ema = cfg.init_weights == "ema"
+        model = load_model(cfg.init_from, variant=cfg.variant, use_ema=ema, weights_variant=None if ema else "plain",
+                           original_config=cfg.original_config)
         model = model.float()
         if cfg.grow_unet:
             from ..models.growth import grow_unet
@@ -355,6 +357,33 @@ def build_vae(cfg: ModelConfig, image_size: int | None = None, seed: int | None 
 
 # ---------------------------------------------------------------------------------------------------------------
 # samples and export (isolated: the only places that know about the pipeline / the folder format)
+
+
+def checkpoint_ema_unet(cfg: ModelConfig) -> dict[str, torch.Tensor] | None:
+    """The UNet state of ``init_from``'s EMA weights when training starts from its plain ones and it has an EMA
+    copy (an LDM file's ``model_ema.*``, a folder's ``.ema`` / ``.fp16_ema`` files), else ``None``."""
+    if not cfg.init_from or cfg.init_weights != "plain" or cfg.grow_unet:
+        return None
+    from ..loading import load_model
+
+    model, report = load_model(cfg.init_from, variant=cfg.variant, use_ema=True, return_report=True,
+                               original_config=cfg.original_config)
+    return {k: v.float() for k, v in model.unet.state_dict().items()} if report.uses_ema else None
+
+
+def start_ema_from_checkpoint(ema, named_trainable, cfg: ModelConfig) -> bool:
+    """Set the EMA's UNet shadow weights to the checkpoint's EMA copy (``checkpoint_ema_unet``), as the original
+    keeps LitEma's ``model_ema.*`` as the average's start; the other parts (``cc_projection``, which LitEma does
+    not cover) start from the training weights. Returns whether it did."""
+    state = checkpoint_ema_unet(cfg)
+    if state is None:
+        return False
+    prefix = "model.unet."
+    with torch.no_grad():
+        for (name, _), shadow in zip(named_trainable, ema.shadow_params):
+            if name.startswith(prefix):
+                shadow.copy_(state[name[len(prefix):]])
+    return True
 
 
 def sample_views(model, cond: torch.Tensor, camera: torch.Tensor, steps: int = 50, guidance_scale: float = 3.0,
@@ -577,6 +606,8 @@ class Trainer:
             # foreach: a few multi-tensor kernels per step instead of ~7 small ones per parameter
             self.ema = EMAModel(self.trainable, decay=cfg.ema.decay, update_after_step=cfg.ema.update_after_step,
                                 foreach=True)
+            if not self.is_vae_stage:
+                start_ema_from_checkpoint(self.ema, self.named_trainable, cfg.model)
         self.objective, self.optimizer = acc.prepare(objective, optimizer)
         acc.register_save_state_pre_hook(self._save_models_hook)
         acc.register_load_state_pre_hook(self._load_models_hook)
