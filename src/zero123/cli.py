@@ -23,6 +23,7 @@ COMMANDS = [
     ("merge_datasets", "combine rendered datasets into one (links to their objects, splits kept)"),
     ("train", "train or fine-tune a view-conditioned model (runs under accelerate launch)"),
     ("eval", "novel-view metrics (PSNR/SSIM/LPIPS) against held-out renders, with baselines"),
+    ("eval_3d", "score whole image-to-3D runs against held-out ground-truth meshes, with baselines"),
 ]
 
 
