@@ -489,6 +489,13 @@ def evaluate_3d(root, out_dir, cfg: Optional[Eval3DConfig] = None, *, checkpoint
 
             optimize_for_inference(model)
     rec_device = model.device if model is not None else (device or "cpu")
+    if cfg.preset == "auto":  # record the preset that runs (cpu or default), as to3d picks it
+        from dataclasses import replace
+
+        from ..pipelines.image_to_3d_config import auto_preset
+
+        cfg = replace(cfg, preset=auto_preset(model.device if model is not None else device))
+        key["preset"] = cfg.preset
     per_object: Dict[str, dict] = {}
     bar = tqdm(total=len(objects) * len(cfg.rows), desc="eval-3d", unit="run", disable=not progress)
     for entry in objects:
