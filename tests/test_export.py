@@ -1,6 +1,9 @@
 """Mesh extraction, texture baking and file writers: files re-load with the expected content."""
 
+import json
 import math
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +13,9 @@ import trimesh
 from torch import nn
 
 from zero123.errors import Zero123Error
-from zero123.export import (MeshExtractionConfig, atomic_write_with, bake_texture, extract_mesh, image_grid,
-                            rasterize_uv, vertex_colors, write_gif, write_glb, write_mp4, write_obj, write_ply)
+from zero123.export import (MeshExtractionConfig, atomic_write_with, bake_texture, extract_mesh, from_export_frame,
+                            image_grid, rasterize_uv, vertex_colors, write_gif, write_glb, write_mp4, write_obj,
+                            write_ply)
 from zero123.export.mesh import fill_cavities, iso_level
 
 
@@ -102,7 +106,9 @@ def test_textured_obj_glb_ply_round_trip(sphere_mesh, tmp_path):
     uv = obj.visual.uv
     px = np.clip((uv[:, 0] * 128 - 0.5).round().astype(int), 0, 127)
     py = np.clip(((1 - uv[:, 1]) * 128 - 0.5).round().astype(int), 0, 127)
-    ref = field.albedo(torch.as_tensor(obj.vertices, dtype=torch.float32)).numpy()
+    # files are in the export frame (+Y up, front +Z): back to the world before asking the field
+    world = from_export_frame(obj).vertices
+    ref = field.albedo(torch.as_tensor(world, dtype=torch.float32)).numpy()
     err = np.abs(img[py, px] - ref).max(1)
     assert np.median(err) < 0.02 and np.mean(err < 0.06) > 0.9
 
@@ -110,8 +116,56 @@ def test_textured_obj_glb_ply_round_trip(sphere_mesh, tmp_path):
     assert len(glb.faces) == len(mesh.faces) and glb.visual.kind == "texture"
     ply = trimesh.load(tmp_path / "model.ply", process=False)
     assert len(ply.vertices) == len(mesh.vertices) and len(ply.faces) == len(mesh.faces)
-    exp = (field.albedo(torch.as_tensor(ply.vertices, dtype=torch.float32)).numpy() * 255).round()
+    exp = (field.albedo(torch.as_tensor(from_export_frame(ply).vertices, dtype=torch.float32)).numpy() * 255).round()
     assert np.abs(ply.visual.vertex_colors[:, :3].astype(float) - exp).max() <= 1
+
+
+def _tall_object_with_a_front_bump(front_azimuth: float):
+    """World (z up): a 0.3 x 0.3 x 1.0 column plus a 0.2 cube 0.35 out on the side facing azimuth ``front_azimuth``."""
+    a = math.radians(front_azimuth)
+    bump = trimesh.creation.box(extents=(0.2, 0.2, 0.2))
+    bump.apply_translation((0.35 * math.cos(a), 0.35 * math.sin(a), 0.1))
+    return trimesh.util.concatenate([trimesh.creation.box(extents=(0.3, 0.3, 1.0)), bump])
+
+
+@pytest.mark.parametrize("front_azimuth", [0.0, 90.0])
+def test_exported_files_are_y_up_with_the_input_side_toward_plus_z(front_azimuth, tmp_path):
+    world = _tall_object_with_a_front_bump(front_azimuth)
+    write_obj(world, tmp_path / "m.obj", front_azimuth)
+    write_glb(world, tmp_path / "m.glb", front_azimuth)
+    write_ply(world, tmp_path / "m.ply", front_azimuth)
+    for name in ("m.obj", "m.glb", "m.ply"):
+        m = trimesh.load(tmp_path / name, force="mesh")
+        lo, hi = m.bounds
+        ext = hi - lo
+        assert np.argmax(ext) == 1 and ext[1] == pytest.approx(1.0, abs=1e-5), name  # tallest along +Y
+        assert hi[2] == pytest.approx(0.45, abs=1e-5) and lo[2] == pytest.approx(-0.15, abs=1e-5), name  # bump +Z
+        assert hi[1] == pytest.approx(0.5, abs=1e-5), name  # up is +Y, not -Y
+        assert ext[0] == pytest.approx(0.3, abs=1e-5), name
+        assert m.volume > 0, name  # a proper rotation: faces still point outwards
+        back = from_export_frame(m, front_azimuth)
+        np.testing.assert_allclose(back.bounds, world.bounds, atol=1e-5)
+
+
+def _validator_module():
+    mod = Path(__file__).resolve().parents[1] / ".ci" / "node" / "node_modules" / "gltf-validator"
+    return mod if mod.is_dir() else None
+
+
+@pytest.mark.skipif(_validator_module() is None or not shutil.which("node"),
+                    reason="needs node and `npm install --prefix .ci/node gltf-validator` (.ci/run installs both)")
+def test_glb_passes_the_khronos_gltf_validator(sphere_mesh, tmp_path):
+    textured = bake_texture(sphere_mesh, SphereField().albedo, size=64)
+    path = write_glb(textured, tmp_path / "model.glb")
+    script = ("const v = require(process.argv[1]); const fs = require('fs');"
+              "v.validateBytes(new Uint8Array(fs.readFileSync(process.argv[2])))"
+              ".then(r => console.log(JSON.stringify(r.issues)), e => { console.error(e); process.exit(3); });")
+    out = subprocess.run(["node", "-e", script, str(_validator_module()), str(path)], capture_output=True,
+                         text=True, timeout=60, check=True)
+    issues = json.loads(out.stdout)
+    codes = [m["code"] for m in issues["messages"]]
+    assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, codes
+    assert issues["numHints"] == 0, codes  # trimesh leaves bufferView targets out; write_glb adds them
 
 
 def test_video_and_gif_writers(tmp_path):

@@ -16,6 +16,12 @@ Camera axes ("OpenGL" / Blender): the camera looks down its own -z axis, +y is u
 ``camera_to_world`` matrices are 4x4 with columns (right, up, back, position); the Zero123 training data stores
 the inverse as a 3x4 world-to-camera ``RT`` per view (``load_zero123_rt`` / ``save_zero123_rt`` round-trip).
 
+Export frame (the files we write: GLB, OBJ, PLY)
+    glTF 2.0's convention, which most viewers also assume for OBJ and PLY: **+Y up**, the asset's front
+    faces **+Z**, +X = Y x Z (right-handed). The front is the side seen by the input view (image-to-3D's
+    reference camera at azimuth ``input_azimuth``). :func:`world_to_export_matrix` is the one frame change:
+    world (x, y, z) with the input camera at azimuth 0 -> export (X, Y, Z) = (y, z, x).
+
 Camera embedding ``T`` (the 4 numbers concatenated to the CLIP image embedding, see ``../shared/spec``):
     * ``zero123`` (Zero123, Zero123-XL): ``[d_polar (rad), sin(d_azim), cos(d_azim), d_radius]`` with
       ``d_x = target_x - input_x``. Positive d_polar = the target looks from lower than the input.
@@ -228,3 +234,18 @@ def load_zero123_rt(path) -> torch.Tensor:
     if rt.shape != (3, 4):
         raise Zero123Error(f"{path}: expected a 3x4 world-to-camera matrix, got shape {rt.shape}")
     return camera_to_world_from_rt(torch.from_numpy(rt.astype(np.float32)))
+
+
+def world_to_export_matrix(input_azimuth: float = 0.0) -> np.ndarray:
+    """4x4 float64 rigid rotation from the z-up world to the export frame (+Y up, front toward +Z; see the module
+    docstring). The world is first turned about z by ``-input_azimuth`` degrees so that the input camera lies on
+    +x, then axes are relabelled (x, y, z) -> (Z, X, Y). Apply to column vectors: ``p_export = M @ p_world``;
+    the inverse is ``M.T``."""
+    if not math.isfinite(float(input_azimuth)):
+        raise Zero123Error(f"input azimuth {input_azimuth} is not finite")
+    a = math.radians(float(input_azimuth))
+    turn = np.array([[math.cos(a), math.sin(a), 0.0], [-math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]])
+    relabel = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    m = np.eye(4)
+    m[:3, :3] = relabel @ turn
+    return m

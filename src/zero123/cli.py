@@ -24,6 +24,7 @@ COMMANDS = [
     ("train", "train or fine-tune a view-conditioned model (runs under accelerate launch)"),
     ("cache_latents", "encode a training split's views with the frozen VAE into a latent cache file (or shards)"),
     ("eval", "novel-view metrics (PSNR/SSIM/LPIPS) against held-out renders, with baselines"),
+    ("eval_3d", "score whole image-to-3D runs against held-out ground-truth meshes, with baselines"),
 ]
 
 

@@ -1,4 +1,5 @@
-"""Novel-view evaluation: metrics (``metrics``: PSNR, SSIM, LPIPS) and the runner (``runner``: pairs, baselines).
+"""Novel-view evaluation: metrics (``metrics``: PSNR, SSIM, LPIPS) and the runner (``runner``: pairs, baselines);
+whole image-to-3D runs against ground-truth meshes (``eval3d``: ``zero123 eval-3d``).
 
 Import the submodules explicitly (``from zero123.evaluation.runner import evaluate``).
 """

@@ -1,12 +1,20 @@
 """Atomic file writers for meshes (OBJ+MTL+PNG, GLB, PLY), images, MP4 and GIF.
 
+Meshes are given in the z-up world of :mod:`zero123.camera` and written in the export frame (+Y up, the input
+view's front toward +Z: glTF 2.0's convention, which Blender, three.js, model-viewer and gradio also assume for
+OBJ and PLY), through :func:`zero123.camera.world_to_export_matrix`; ``input_azimuth=None`` writes the vertices
+as given. :func:`from_export_frame` reads them back into the world.
+
 Every file is written by :mod:`zero123.utils.atomic` (a temporary name in the destination folder, ``os.replace``),
 so an interrupted export never leaves a truncated file under the final name.
 """
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -18,14 +26,32 @@ from ..utils.atomic import atomic_write, atomic_write_bytes
 atomic_write_with = atomic_write
 
 
-def write_obj(mesh, path) -> dict:
-    """OBJ with its MTL (``<stem>.mtl``) and texture image beside it. Returns ``{name: path}`` of written files."""
+def to_export_frame(mesh, input_azimuth: Optional[float] = 0.0):
+    """Copy of a z-up world ``trimesh`` in the export frame (input camera at ``input_azimuth`` degrees; its side
+    toward +Z); ``None`` returns ``mesh`` unchanged."""
+    if input_azimuth is None:
+        return mesh
+    from ..camera import world_to_export_matrix
+
+    return mesh.copy().apply_transform(world_to_export_matrix(input_azimuth))
+
+
+def from_export_frame(mesh, input_azimuth: float = 0.0):
+    """Inverse of :func:`to_export_frame`: a mesh read from one of our files, back in the z-up world."""
+    from ..camera import world_to_export_matrix
+
+    return mesh.copy().apply_transform(world_to_export_matrix(input_azimuth).T)
+
+
+def write_obj(mesh, path, input_azimuth: Optional[float] = 0.0) -> dict:
+    """OBJ with its MTL (``<stem>.mtl``) and texture image beside it, in the export frame. Returns
+    ``{name: path}`` of written files."""
     import trimesh
 
     path = Path(path)
     mtl_name = f"{path.stem}.mtl"
-    text, files = trimesh.exchange.obj.export_obj(mesh, include_normals=True, include_texture=True,
-                                                  return_texture=True, mtl_name=mtl_name)
+    text, files = trimesh.exchange.obj.export_obj(to_export_frame(mesh, input_azimuth), include_normals=True,
+                                                  include_texture=True, return_texture=True, mtl_name=mtl_name)
     written = {}
     for name, data in (files or {}).items():
         written[name] = atomic_write_bytes(path.parent / name, data)
@@ -33,14 +59,46 @@ def write_obj(mesh, path) -> dict:
     return written
 
 
-def write_glb(mesh, path) -> Path:
-    """Binary glTF (texture embedded)."""
-    return atomic_write_bytes(path, mesh.export(file_type="glb"))
+_GLB_MAGIC, _GLB_JSON, _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 0x46546C67, 0x4E4F534A, 34962, 34963
 
 
-def write_ply(mesh, path) -> Path:
-    """Binary PLY (vertex colours when present)."""
-    return atomic_write_bytes(path, mesh.export(file_type="ply"))
+def add_buffer_view_targets(glb: bytes) -> bytes:
+    """Set each mesh bufferView's ``target`` (ARRAY_BUFFER for vertex attributes, ELEMENT_ARRAY_BUFFER for
+    indices) in a binary glTF, which trimesh leaves out (the Khronos validator's BUFFER_VIEW_TARGET_MISSING)."""
+    magic, version, _ = struct.unpack_from("<III", glb, 0)
+    length, kind = struct.unpack_from("<II", glb, 12)
+    if magic != _GLB_MAGIC or version != 2 or kind != _GLB_JSON:
+        raise Zero123Error("not a glTF 2.0 binary")
+    doc = json.loads(glb[20:20 + length].decode("utf-8"))
+    views, accessors = doc.get("bufferViews", []), doc.get("accessors", [])
+
+    def mark(accessor, target):
+        view = accessors[accessor].get("bufferView") if 0 <= accessor < len(accessors) else None
+        if view is not None:
+            views[view].setdefault("target", target)
+
+    for m in doc.get("meshes", []):
+        for prim in m.get("primitives", []):
+            for acc in prim.get("attributes", {}).values():
+                mark(acc, _ARRAY_BUFFER)
+            if "indices" in prim:
+                mark(prim["indices"], _ELEMENT_ARRAY_BUFFER)
+    text = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 4)
+    rest = glb[20 + length:]
+    return struct.pack("<III", _GLB_MAGIC, 2, 12 + 8 + len(text) + len(rest)) + \
+        struct.pack("<II", len(text), _GLB_JSON) + text + rest
+
+
+def write_glb(mesh, path, input_azimuth: Optional[float] = 0.0) -> Path:
+    """Binary glTF (texture embedded), in the export frame."""
+    data = to_export_frame(mesh, input_azimuth).export(file_type="glb")
+    return atomic_write_bytes(path, add_buffer_view_targets(data))
+
+
+def write_ply(mesh, path, input_azimuth: Optional[float] = 0.0) -> Path:
+    """Binary PLY (vertex colours when present), in the export frame."""
+    return atomic_write_bytes(path, to_export_frame(mesh, input_azimuth).export(file_type="ply"))
 
 
 def write_png(image: np.ndarray, path) -> Path:

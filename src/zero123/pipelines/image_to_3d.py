@@ -315,14 +315,15 @@ def export_results(trainer: ImageTo3DTrainer, out_dir: Path, result: ImageTo3DRe
 
     textured = bake_texture(mesh, albedo_fn, ex.texture_size)
     t2 = time.perf_counter()
-    files = write_obj(textured, out_dir / "model.obj")
+    front = cfg.sds.input_azimuth  # files are +Y up with the input view's side toward +Z (zero123.camera)
+    files = write_obj(textured, out_dir / "model.obj", front)
     result.obj = files["obj"]
     result.mtl = next((p for n, p in files.items() if n.endswith(".mtl")), None)
     result.texture = next((p for n, p in files.items() if n.endswith((".png", ".jpg"))), None)
-    result.glb = write_glb(textured, out_dir / "model.glb")
+    result.glb = write_glb(textured, out_dir / "model.glb", front)
     colored = mesh.copy()
     colored.visual.vertex_colors = vertex_colors(mesh, albedo_fn)
-    result.ply = write_ply(colored, out_dir / "model.ply")
+    result.ply = write_ply(colored, out_dir / "model.ply", front)
     result.num_vertices, result.num_faces = len(mesh.vertices), len(mesh.faces)
     t3 = time.perf_counter()
 
