@@ -31,7 +31,7 @@ common=(--data "$WORK/ds" --out "$WORK/eval3d" --preset "$PRESET" --max-objects 
 extra=($EXTRA)
 threads=$(( $(nproc) / SHARDS )); [ "$threads" -ge 1 ] || threads=1
 pids=()
-for k in $(seq 1 "$SHARDS"); do
+for k in $(seq 0 $((SHARDS - 1))); do
   OMP_NUM_THREADS=$threads timeout "$T_EVAL" $ZERO123 eval-3d "${common[@]}" "${extra[@]}" --shard "$k/$SHARDS" \
     --quiet > "$WORK/shard_$k.log" 2>&1 &
   pids+=($!)

@@ -11,7 +11,7 @@ from ._common import add_model_options
 EPILOG = """examples:
   zero123 eval-3d --data data/proc --out eval3d --max-objects 20            # bundled model, `auto` preset
   zero123 eval-3d --data data/proc --out eval3d --rows extrude,sphere        # baselines only (seconds)
-  zero123 eval-3d --data data/proc --out eval3d --shard 2/4 --quiet          # one of 4 parallel processes
+  zero123 eval-3d --data data/proc --out eval3d --shard 1/4 --quiet          # one of 4 parallel processes
   zero123 eval-3d --data data/proc --out eval3d --cached-only                # the table of what has run
 Each held-out object's source mesh is rebuilt from the manifest (procedural seeds, pybullet paths, mesh files)
 and normalised as render-dataset did. The input is one view rendered from it at a fixed camera (elevation 10,
@@ -49,7 +49,9 @@ def add_parser(sub, name, summary):
     p.add_argument("--icp", action="store_true", help="rigidly align each result onto the ground truth (ICP) first")
     p.add_argument("--up", choices=["y", "z"], default="y", help="up axis of the dataset's mesh files (default y)")
     p.add_argument("--seed", type=int, default=0, help="seed of to3d, the reconstruction and the point samples")
-    p.add_argument("--shard", default="1/1", metavar="K/N", help="run only objects K, K+N, ... (default 1/1)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="run only shard K of N (0 <= K < N, as render-dataset --shard) of the objects, for parallel "
+                        "processes; a run without --shard tabulates them")
     p.add_argument("--cached-only", action="store_true", help="run nothing: tabulate the cached results")
     p.add_argument("--lpips-weights", default=None, metavar="PATH",
                    help="local LPIPS state dict (see `zero123 eval --help`); without it LPIPS is skipped")
@@ -65,14 +67,14 @@ def _rows():
 
 
 def run(args) -> int:
-    from ..evaluation.eval3d import Eval3DConfig, evaluate_3d, format_table, parse_shard
+    from ..evaluation.eval3d import Eval3DConfig, evaluate_3d, format_table
 
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
     cfg = Eval3DConfig(split=args.split, max_objects=args.max_objects, rows=rows, preset=args.preset,
                        steps=args.steps, gt_views_steps=args.gt_views_steps, input_elevation=args.input_elevation,
                        input_azimuth=args.input_azimuth, input_distance=args.input_distance,
                        max_views=args.max_views, points=args.points, iou_resolution=args.iou_resolution,
-                       icp=args.icp, up=args.up, seed=args.seed, shard=parse_shard(args.shard),
+                       icp=args.icp, up=args.up, seed=args.seed, shard=args.shard,
                        cached_only=args.cached_only).validate()
     if args.preset != "auto":
         from ..pipelines.image_to_3d_config import preset_config
@@ -86,6 +88,6 @@ def run(args) -> int:
     summary = evaluate_3d(args.data, args.out, cfg, checkpoint=args.checkpoint, variant=args.variant,
                           device=args.device, dtype=args.dtype, lpips=lpips, progress=not args.quiet)
     print(format_table(summary))
-    if cfg.shard == (1, 1):
+    if cfg.shard is None:
         print(f"wrote {args.out}/eval3d.json and per-object figures under {args.out}/objects/")
     return 0

@@ -30,26 +30,26 @@ For each held-out object of a ``zero123 render-dataset`` folder:
   the dataset's light, composited on white, against the stored views.
 
 Results are cached per object (``<out>/objects/<id>/metrics.json``, keyed by the settings), so a run resumes,
-and ``shard=(k, n)`` runs every n-th object for parallel processes; ``cached_only`` tabulates what exists.
+and ``shard="K/N"`` runs one shard of the objects (:mod:`zero123.data.shards`) for parallel processes; ``cached_only`` tabulates what exists.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from ..data.shards import Shard
 from ..errors import Zero123Error
 
 __all__ = ["ROWS", "Eval3DConfig", "GroundTruth", "load_ground_truth", "render_input_view", "normalize_unit_cube",
            "shape_metrics", "view_metrics", "load_result_mesh", "extruded_silhouette", "silhouette_sphere",
-           "evaluate_3d", "summarize", "parse_shard", "format_table"]
+           "evaluate_3d", "summarize", "format_table"]
 
 #: Result rows, in table order.
 ROWS = ("model", "gt_views", "extrude", "sphere")
@@ -78,7 +78,7 @@ class Eval3DConfig:
     figure_views: int = 4
     up: str = "y"                        # up axis of mesh-file sources (render-dataset --up)
     gt_views_steps: Optional[int] = None  # reconstruct_mesh steps (default: its config's; 20 for the tiny preset)
-    shard: Tuple[int, int] = (1, 1)
+    shard: Optional[str] = None          # "K/N": this process's shard of the objects (zero123.data.shards)
     cached_only: bool = False
 
     def validate(self) -> "Eval3DConfig":
@@ -100,9 +100,8 @@ class Eval3DConfig:
             raise Zero123Error(f"max views must be >= 1, got {self.max_views}")
         if self.steps is not None and self.steps < 1:
             raise Zero123Error(f"steps must be >= 1, got {self.steps}")
-        k, n = self.shard
-        if not (1 <= k <= n):
-            raise Zero123Error(f"shard {k}/{n} must satisfy 1 <= K <= N")
+        if self.shard is not None:
+            Shard.parse(self.shard)
         if self.up not in ("y", "z"):
             raise Zero123Error(f"up axis must be 'y' or 'z', got {self.up!r}")
         return self
@@ -111,14 +110,6 @@ class Eval3DConfig:
         """Settings that change an object's numbers (not which objects run)."""
         skip = {"split", "max_objects", "rows", "shard", "cached_only", "figure_views"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
-
-
-def parse_shard(text: str) -> Tuple[int, int]:
-    """``"K/N"`` -> ``(K, N)`` (1-based); ``Zero123Error`` otherwise."""
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-    if not m or not (1 <= int(m.group(1)) <= int(m.group(2))):
-        raise Zero123Error(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/4")
-    return int(m.group(1)), int(m.group(2))
 
 
 # ----- ground truth --------------------------------------------------------------------------------------------
@@ -430,8 +421,10 @@ def _select(manifest, cfg: Eval3DConfig):
         raise Zero123Error(f"the dataset has no {cfg.split!r} objects")
     if cfg.max_objects is not None:
         objs = objs[:cfg.max_objects]
-    k, n = cfg.shard
-    return [o for i, o in enumerate(objs) if i % n == k - 1]
+    if cfg.shard is None:
+        return objs
+    shard = Shard.parse(cfg.shard)
+    return [o for o in objs if shard.contains(o.id)]
 
 
 def _read_cache(path: Path, key: dict) -> dict:
@@ -546,7 +539,7 @@ def evaluate_3d(root, out_dir, cfg: Optional[Eval3DConfig] = None, *, checkpoint
     summary = {"settings": key, "rows": list(cfg.rows), "objects_selected": len(objects),
                "objects_scored": len(per_object), "summary": summarize(per_object, cfg.rows),
                "objects": per_object}
-    if cfg.shard == (1, 1):
+    if cfg.shard is None:
         atomic_write_bytes(out_dir / "eval3d.json", (json.dumps(summary, indent=1) + "\n").encode())
     return summary
 
