@@ -16,7 +16,7 @@ set -uo pipefail
 N=${N:-20} PRESET=${PRESET:-fast} SHARDS=${SHARDS:-4} T_EVAL=${T_EVAL:-430} DEVICE=${DEVICE:-cuda}
 VIEWS=${VIEWS:-8} SIZE=${SIZE:-128} EXTRA=${EXTRA:-}
 WORK=${WORK:-/tmp/eval3d_work}
-ZERO123="python3 -m zero123.cli"
+ZERO123="python3 bench/cli_no_ffmpeg.py"  # the zero123 CLI; MP4s as raw frames where imageio-ffmpeg is missing
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT/eval3d"
 t0=$(date +%s)
