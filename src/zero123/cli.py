@@ -23,6 +23,7 @@ COMMANDS = [
     ("merge_datasets", "combine rendered datasets into one (links to their objects, splits kept)"),
     ("train", "train or fine-tune a view-conditioned model (runs under accelerate launch)"),
     ("eval", "novel-view metrics (PSNR/SSIM/LPIPS) against held-out renders, with baselines"),
+    ("app", "local web app (gradio): novel views, image-to-3D and text-to-3D in the browser"),
 ]
 
 

@@ -44,6 +44,15 @@ def resolve_device_dtype(args):
     return device, dtype
 
 
+def load_pipeline(checkpoint, variant, dtype, device):
+    """``Zero123Pipeline`` from a diffusers folder, an LDM file, or ``None`` (the bundled model)."""
+    from ..pipelines.zero123_pipeline import Zero123Pipeline
+
+    if checkpoint is None or Path(checkpoint).is_dir():
+        return Zero123Pipeline.from_pretrained(checkpoint, variant=variant, dtype=dtype, device=device)
+    return Zero123Pipeline.from_single_file(checkpoint, variant=variant, dtype=dtype, device=device)
+
+
 def atomic_save_image(image, path: Path) -> None:
     """Save a PIL image via a temporary file in the same folder, then rename."""
     path = Path(path)

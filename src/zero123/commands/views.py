@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import add_model_options, add_sampling_options, atomic_save_image, image_grid, resolve_device_dtype
+from ._common import (add_model_options, add_sampling_options, atomic_save_image, image_grid, load_pipeline,
+                      resolve_device_dtype)
 
 EPILOG = """examples:
   zero123 views mug.png --azimuth 90 180 270 --out views/
@@ -52,7 +53,7 @@ def _broadcast(values, n, name):
 def run(args) -> int:
     import torch
 
-    from ..pipelines.zero123_pipeline import Zero123Pipeline, check_noise_scale
+    from ..pipelines.zero123_pipeline import check_noise_scale
     from ..preprocessing import load_image
 
     load_image(args.image)  # fail fast on a bad image before loading the model
@@ -62,9 +63,7 @@ def run(args) -> int:
     elevations = _broadcast(args.elevation, n, "elevation")
     azimuths = _broadcast(args.azimuth, n, "azimuth")
     radii = _broadcast(args.radius, n, "radius")
-    pipe = Zero123Pipeline.from_pretrained(args.checkpoint, variant=args.variant, dtype=dtype, device=device) \
-        if args.checkpoint is None or Path(args.checkpoint).is_dir() else \
-        Zero123Pipeline.from_single_file(args.checkpoint, variant=args.variant, dtype=dtype, device=device)
+    pipe = load_pipeline(args.checkpoint, args.variant, dtype, device)
     pipe.camera_batch(elevations, azimuths, radii, args.input_elevation)  # validate cameras before sampling
     if tau is not None:
         pipe.noise_scale = tau

@@ -23,7 +23,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -60,6 +60,7 @@ class ImageTo3DResult:
     timings: dict = field(default_factory=dict)
     num_vertices: int = 0
     num_faces: int = 0
+    cancelled: bool = False  # stopped by ``should_stop`` (checkpoint saved, nothing exported)
 
 
 # ----- input -------------------------------------------------------------------------------------------------
@@ -347,7 +348,8 @@ def _resolve_dtype(dtype, device: torch.device):
 def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: Optional[int] = None,
          seed: int = 0, device=None, dtype=None, resume=None, input_elevation: Optional[float] = None,
          progress: bool = True, model=None, config: Optional[ImageTo3DConfig] = None,
-         export: bool = True) -> ImageTo3DResult:
+         export: bool = True, callback: Optional[Callable[[int, int, dict], None]] = None,
+         should_stop: Optional[Callable[[], bool]] = None) -> ImageTo3DResult:
     """Turn one object image into a textured mesh and a turntable video.
 
     Args:
@@ -367,6 +369,10 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         model: an already loaded ``Zero123Model`` (then ``checkpoint``/``device``/``dtype`` are ignored).
         config: a full :class:`ImageTo3DConfig` instead of a preset.
         export: write the mesh/video files after training.
+        callback: called after every step as ``callback(step, total, losses)`` (``step`` 1-based, losses floats).
+        should_stop: polled after every step (e.g. ``threading.Event().is_set``); when it returns True the run
+            saves its checkpoint and returns early with ``cancelled=True`` and nothing exported (``resume``
+            continues it exactly).
     Returns:
         :class:`ImageTo3DResult`.
     """
@@ -424,8 +430,14 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses['loss']:.4g}", sds=f"{losses['z/sds']:.3g}",
                                 stage=cfg.stage(trainer.step - 1))
+                if callback is not None:
+                    callback(trainer.step, cfg.steps, losses)
                 if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
                     trainer.save(ckpt)
+                if should_stop is not None and trainer.step < cfg.steps and should_stop():
+                    trainer.save(ckpt)
+                    result.cancelled = True
+                    break
         except KeyboardInterrupt:
             trainer.save(ckpt)
             bar.close()
@@ -435,6 +447,8 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         result.checkpoint = ckpt if ckpt.exists() else None
         result.losses = dict(trainer.last_losses)
         result.steps = trainer.step
+        if result.cancelled:
+            return result
         if export:
             export_results(trainer, out_dir, result, progress)
         result.timings["total_s"] = time.perf_counter() - t_start
