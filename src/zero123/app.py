@@ -116,6 +116,7 @@ class Zero123App:
         self._pipe, self._t2i, self._matting = pipeline, None, None
         self._lock = threading.Lock()
         self._stops: dict[str, threading.Event] = {}
+        self.last_3d: dict[str, To3DOutput] = {}  # the page's last image-to-3D result, by gradio session
         self.active_jobs = 0            # model jobs running now, and the most ever at once (tests, load test)
         self.max_active_jobs = 0
         self._jobs_lock = threading.Lock()
@@ -490,17 +491,17 @@ def build_app(config: AppConfig | None = None, app: Zero123App | None = None):
                 video = gr.Video(label="Turntable", elem_id="turntable")
             downloads = gr.File(label="Downloads (GLB, OBJ zip, PLY)", file_count="multiple", elem_id="downloads")
 
+            # the run streams only its status line; its files are shown by a second step (a Model3D updated
+            # from a generator that first skipped it stays without its canvas in gradio 6)
             def run_live(resume, p, steps, seed, ie, request: gr.Request):
-                steps = None if steps in (None, "") or (not resume and steps == 0) else int(steps)
-                for line, out in app.image_to_3d_live(_session_id(request), preset=p, steps=steps,
-                                                      seed=int(seed or 0), input_elevation=opt_float(ie),
-                                                      resume=resume):
-                    if out is None:
-                        yield line, gr.skip(), gr.skip(), gr.skip()
-                    elif out.cancelled:
-                        yield line, None, None, None
-                    else:
-                        yield line, str(out.glb), str(out.video), [str(out.glb), str(out.obj_zip), str(out.ply)]
+                session = _session_id(request)
+                app.last_3d.pop(session, None)
+                steps = None if steps in (None, "") else int(steps)
+                for line, out in app.image_to_3d_live(session, preset=p, steps=steps, seed=int(seed or 0),
+                                                      input_elevation=opt_float(ie), resume=resume):
+                    if out is not None:
+                        app.last_3d[session] = out
+                    yield line
 
             @user_errors
             def on_run(p, steps, seed, ie, request: gr.Request):
@@ -510,14 +511,21 @@ def build_app(config: AppConfig | None = None, app: Zero123App | None = None):
             def on_resume(p, steps, seed, ie, request: gr.Request):
                 yield from run_live(True, p, steps, seed, ie, request)
 
+            def on_show(request: gr.Request):
+                out = app.last_3d.get(_session_id(request))
+                if out is None or out.cancelled:
+                    return None, None, None
+                return str(out.glb), str(out.video), [str(out.glb), str(out.obj_zip), str(out.ply)]
+
             def on_cancel(request: gr.Request):
                 app.cancel(_session_id(request))
                 return "cancelling: saving the checkpoint ..."
 
-            ins, outs = [preset, t_steps, t_seed, input_elev], [status, viewer, video, downloads]
-            run_btn.click(on_run, ins, outs, concurrency_id=MODEL_QUEUE, concurrency_limit=1, api_name="to3d")
-            resume_btn.click(on_resume, ins, outs, concurrency_id=MODEL_QUEUE, concurrency_limit=1,
-                             api_name="resume")
+            ins, files = [preset, t_steps, t_seed, input_elev], [viewer, video, downloads]
+            run_btn.click(on_run, ins, status, concurrency_id=MODEL_QUEUE, concurrency_limit=1,
+                          api_name="to3d").then(on_show, None, files, queue=False)
+            resume_btn.click(on_resume, ins, status, concurrency_id=MODEL_QUEUE, concurrency_limit=1,
+                             api_name="resume").then(on_show, None, files, queue=False)
             cancel_btn.click(on_cancel, None, status, queue=False, api_name="cancel")
 
         if cfg.t2i_model is not None:
