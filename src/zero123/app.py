@@ -107,7 +107,10 @@ def zip_files(paths, out: Path) -> Path:
 
 
 class Zero123App:
-    """The app's state and handlers (no gradio here). Thread-safe: the model is loaded under a lock."""
+    """The app's state and handlers (no gradio here). Thread-safe: the model is loaded under a lock and model jobs
+    run one at a time."""
+
+    ABANDON_S = 5.0  # an image-to-3D run whose progress nobody read for this long stops (see image_to_3d_live)
 
     def __init__(self, config: AppConfig | None = None, pipeline=None):
         self.config = config or AppConfig()
@@ -120,6 +123,7 @@ class Zero123App:
         self.active_jobs = 0            # model jobs running now, and the most ever at once (tests, load test)
         self.max_active_jobs = 0
         self._jobs_lock = threading.Lock()
+        self._model_lock = threading.Lock()
         if self.config.matting_model is not None and not Path(self.config.matting_model).is_file():
             raise Zero123Error(f"matting model not found: {self.config.matting_model}")
         if self.config.t2i_model is not None:
@@ -166,10 +170,13 @@ class Zero123App:
             return self._t2i
 
     class _Job:
+        """One model job: holds the model lock (one job at a time, whatever the web layer does) and counts."""
+
         def __init__(self, app):
             self.app = app
 
         def __enter__(self):
+            self.app._model_lock.acquire()
             with self.app._jobs_lock:
                 self.app.active_jobs += 1
                 self.app.max_active_jobs = max(self.app.max_active_jobs, self.app.active_jobs)
@@ -177,6 +184,7 @@ class Zero123App:
         def __exit__(self, *exc):
             with self.app._jobs_lock:
                 self.app.active_jobs -= 1
+            self.app._model_lock.release()
 
     # ----- sessions --------------------------------------------------------------------------------------------
     def session_dir(self, session: str) -> Path:
@@ -327,15 +335,20 @@ class Zero123App:
 
     def image_to_3d_live(self, session: str, **kwargs) -> Iterator[tuple[str, Optional[To3DOutput]]]:
         """:meth:`image_to_3d` in a worker thread, yielding ``(status line, None)`` while it runs (step / total,
-        loss, ETA) and ``(status, To3DOutput)`` at the end. Closing the iterator (a client gone) cancels the run."""
+        loss, ETA) and ``(status, To3DOutput)`` at the end. Closing the iterator, or leaving it unread for
+        ``ABANDON_S`` seconds with steps waiting (a browser gone: gradio stops reading), cancels the run; its
+        checkpoint is kept for Resume."""
         updates: queue.Queue = queue.Queue()
         box: dict = {}
         t0 = time.perf_counter()
         first = {}
+        last_read = [time.monotonic()]
 
         def cb(step, total, losses):
             first.setdefault("step", step - 1)
             updates.put((step, total, losses.get("loss", float("nan"))))
+            if updates.qsize() >= 2 and time.monotonic() - last_read[0] > self.ABANDON_S:
+                self.cancel(session)
 
         def work():
             try:
@@ -351,6 +364,7 @@ class Zero123App:
             yield "starting (loading the model on first use) ...", None
             while True:
                 item = updates.get()
+                last_read[0] = time.monotonic()
                 if item is None:
                     break
                 while not updates.empty():  # skip to the newest step
@@ -436,7 +450,8 @@ def build_app(config: AppConfig | None = None, app: Zero123App | None = None):
         def on_upload(path, request: gr.Request):
             return str(app.prepare(_session_id(request), path)) if path else None
 
-        upload.upload(on_upload, upload, prepared, concurrency_id="prepare", concurrency_limit=2)
+        upload.upload(on_upload, upload, prepared, concurrency_id="prepare", concurrency_limit=2,
+                      api_name="prepare")
 
         with gr.Tab("Novel views"):
             with gr.Row():
