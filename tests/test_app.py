@@ -10,18 +10,10 @@ import torch
 import trimesh
 from PIL import Image
 
+from test_to3d import object_image  # noqa: E402  (tests/ is on sys.path under pytest)
 from zero123.app import AppConfig, Zero123App
 from zero123.errors import Zero123Error
 from zero123.pipelines.image_to_3d import load_checkpoint, to3d
-
-
-def object_image(size=64) -> Image.Image:
-    yy, xx = np.mgrid[:size, :size]
-    m = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (0.3 * size) ** 2
-    rgba = np.zeros((size, size, 4), np.uint8)
-    rgba[m] = [200, 60, 40, 255]
-    rgba[m & (xx > size / 2)] = [40, 90, 200, 255]
-    return Image.fromarray(rgba)
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +140,21 @@ def test_build_app_has_the_tabs(app):
     assert {"Novel views", "Image-to-3D", "3D model", "Views"} <= labels and "Text-to-3D" not in labels
     apis = {d.api_name for d in demo.fns.values()}
     assert {"views", "orbit", "to3d", "resume", "cancel"} <= apis
+
+
+def test_missing_gradio_and_bad_options_are_one_line_errors(monkeypatch, capsys, tmp_path):
+    import sys
+
+    from zero123.app import import_gradio
+    from zero123.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if the web extra were not installed
+    with pytest.raises(Zero123Error, match=r'pip install "zero123\[web\]"'):
+        import_gradio()
+    assert main(["app", "--port", "7861"]) == 2
+    monkeypatch.undo()
+    assert main(["app", "--port", "0"]) == 2
+    assert main(["app", "--checkpoint", str(tmp_path / "missing.ckpt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("zero123: error:") for line in err)
+    assert "zero123[web]" in err[0] and "--port" in err[1] and "not found" in err[2]

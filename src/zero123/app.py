@@ -83,17 +83,6 @@ class To3DOutput:
     preview: Optional[Path] = None
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Put the finished folder ``tmp`` at ``final`` (an older one there is removed)."""
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}-{threading.get_ident()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 def zip_files(paths, out: Path) -> Path:
     """Zip ``paths`` (flat) into ``out`` via a temporary name."""
     from .export.writers import atomic_write_with
@@ -269,6 +258,7 @@ class Zero123App:
         import torch
 
         from .commands._common import atomic_save_image, image_grid
+        from .export.writers import replace_dir
         from .pipelines.zero123_pipeline import check_noise_scale
 
         src = self.input_path(session)
@@ -288,7 +278,7 @@ class Zero123App:
             atomic_save_image(im, tmp / f"view_{i:02d}.png")
         atomic_save_image(image_grid([out.input_image.rgb] + out.images), tmp / "grid.png")
         final = session_dir / "views"
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
         return ViewsResult(images=[final / f"view_{i:02d}.png" for i in range(len(out.images))],
                            grid=final / "grid.png")
 
@@ -462,7 +452,7 @@ def build_app(config: AppConfig | None = None, app: Zero123App | None = None):
                 n_orbit = gr.Slider(1, cfg.max_views, value=4, step=1, label="Orbit views", elem_id="n_orbit")
                 v_steps = gr.Slider(2, 200, value=50, step=1, label="Steps", elem_id="view_steps")
                 v_cfg = gr.Slider(0, 10, value=3.0, step=0.1, label="Guidance")
-                v_seed = gr.Number(value=0, precision=0, label="Seed")
+                v_seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
                 v_tau = gr.Slider(0, 1, value=app._pipe.noise_scale if app._pipe else 1.0, step=0.05,
                                   label="Noise scale")
             with gr.Row():

@@ -53,6 +53,23 @@ def atomic_write_with(path, writer) -> Path:
     return path
 
 
+def replace_dir(tmp, final) -> Path:
+    """Put the finished folder ``tmp`` at ``final`` (same file system); an older ``final`` is moved aside first
+    and removed after, so ``final`` is always either the old folder or the new one, complete."""
+    import shutil
+    import threading
+
+    tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}-{threading.get_ident()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
 def write_obj(mesh, path) -> dict:
     """OBJ with its MTL (``<stem>.mtl``) and texture image beside it. Returns ``{name: path}`` of written files."""
     import trimesh

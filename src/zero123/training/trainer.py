@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import Zero123Error
+from ..export.writers import replace_dir as _replace_dir
 from ..schedulers import NUM_TRAIN_TIMESTEPS
 from .config import LR_DECAYS, ModelConfig, TrainConfig, save_config
 from .dataset import DrawSampler, DrawStream, ViewPairDataset
@@ -390,14 +391,6 @@ def save_image_grid(rows: list, path) -> Path:
     return path
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 def vae_fingerprint(vae) -> str:
