@@ -114,8 +114,12 @@ def browser_clicks(args, url, shots: Path | None) -> dict:
             for i in range(args.warmup + args.reps):
                 t = time.perf_counter()
                 page.locator("#run3d").click()
-                page.wait_for_function("(document.querySelector('#status3d textarea') || {}).value"
-                                       "?.startsWith('done')", timeout=args.job_timeout * 1000)
+                try:
+                    page.wait_for_function("(document.querySelector('#status3d textarea') || {}).value"
+                                           "?.startsWith('done')", timeout=args.job_timeout * 1000)
+                except Exception:
+                    page.screenshot(path=str(Path(tempfile.gettempdir()) / "bench_app_glb_timeout.png"))
+                    raise
                 page.locator("#model3d canvas").wait_for(timeout=60_000)
                 log(f"browser: click to GLB {time.perf_counter() - t:.2f} s")
                 if i >= args.warmup:
@@ -147,6 +151,7 @@ def client_clicks(args, url) -> dict:
             t = time.perf_counter()
             status = c.predict(args.preset, None, 0, 5, api_name="/to3d")
             assert str(status).startswith("done"), status
+            out["glb_status"] = str(status)
             if i >= args.warmup:
                 out["glb"].append(time.perf_counter() - t)
     return out
@@ -243,7 +248,7 @@ def main(argv=None) -> int:
            "steps": args.steps, "preset": args.preset, "server_start_s": round(start_s, 2),
            "page_ready_s": round(clicks.get("page_ready_s", float("nan")), 3),
            "click_to_views_s": [round(x, 3) for x in clicks["views"]],
-           "click_to_glb_s": [round(x, 3) for x in clicks["glb"]],
+           "click_to_glb_s": [round(x, 3) for x in clicks["glb"]], "glb_status": clicks.get("glb_status"),
            "idle_rss_mb": round(idle, 1), "rss_after_jobs_mb": round(after, 1)}
     try:
         import torch

@@ -85,8 +85,6 @@ def test_browser_views_3d_and_bad_upload(server, browser, tmp_path):
     page = browser.new_page()
     js_errors = []
     page.on("pageerror", lambda exc: js_errors.append(str(exc)))
-    console = []
-    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
 
     def shot(name):
         for d in shots:
@@ -129,12 +127,7 @@ def test_browser_views_3d_and_bad_upload(server, browser, tmp_path):
     page.wait_for_function("(document.querySelector('#status3d textarea') || {}).value?.startsWith('done')",
                            timeout=180_000)
     page.locator("#model3d").scroll_into_view_if_needed()
-    try:
-        page.locator("#model3d canvas").wait_for(timeout=30_000)
-    except Exception:
-        page.screenshot(path="/tmp/dbg_model3d.png")
-        open("/tmp/dbg_model3d.html", "w").write(page.locator("#model3d").inner_html() + "\n\n" + "\n".join(console + js_errors))
-        raise
+    page.locator("#model3d canvas").wait_for(timeout=30_000)  # the viewer has a model loaded
     links = page.locator("#downloads a")
     hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
     glb = [h for h in hrefs if h and "model.glb" in h]

@@ -484,7 +484,7 @@ def build_app(config: AppConfig | None = None, app: Zero123App | None = None):
         with gr.Tab("Image-to-3D"):
             with gr.Row():
                 preset = gr.Dropdown(list(TO3D_PRESETS), value="auto", label="Preset", elem_id="preset")
-                t_steps = gr.Number(value=None, precision=0, label="Steps (empty: the preset's)", elem_id="t_steps")
+                t_steps = gr.Number(value=0, precision=0, label="Steps (0: the preset's)", elem_id="t_steps")
                 t_seed = gr.Number(value=0, precision=0, label="Seed")
             with gr.Row():
                 run_btn = gr.Button("Make 3D", variant="primary", elem_id="run3d")
@@ -501,7 +501,7 @@ def build_app(config: AppConfig | None = None, app: Zero123App | None = None):
             def run_live(resume, p, steps, seed, ie, request: gr.Request):
                 session = _session_id(request)
                 app.last_3d.pop(session, None)
-                steps = None if steps in (None, "") else int(steps)
+                steps = None if steps in (None, "", 0) else int(steps)  # the page's 0 / empty: the preset's
                 for line, out in app.image_to_3d_live(session, preset=p, steps=steps, seed=int(seed or 0),
                                                       input_elevation=opt_float(ie), resume=resume):
                     if out is not None:
