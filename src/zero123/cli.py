@@ -25,6 +25,7 @@ COMMANDS = [
     ("cache_latents", "encode a training split's views with the frozen VAE into a latent cache file (or shards)"),
     ("eval", "novel-view metrics (PSNR/SSIM/LPIPS) against held-out renders, with baselines"),
     ("eval_3d", "score whole image-to-3D runs against held-out ground-truth meshes, with baselines"),
+    ("app", "local web app (gradio): novel views, image-to-3D and text-to-3D in the browser"),
 ]
 
 

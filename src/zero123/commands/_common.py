@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from ..utils.atomic import atomic_save_image  # noqa: F401  (the package's one atomic writer)
 
@@ -108,6 +109,18 @@ def resolve_device_dtype(args):
 
         raise Zero123Error(f"--device {device} requested but CUDA is not available on this machine")
     return device, dtype
+
+
+def load_pipeline(checkpoint, variant, dtype, device, *, weights_variant=None, original_config=None):
+    """``Zero123Pipeline`` from a diffusers folder (``weights_variant``), an LDM file (``original_config``), or
+    ``None`` (the bundled model)."""
+    from ..pipelines.zero123_pipeline import Zero123Pipeline
+
+    if checkpoint is None or Path(checkpoint).is_dir():
+        return Zero123Pipeline.from_pretrained(checkpoint, variant=variant, dtype=dtype, device=device,
+                                               weights_variant=weights_variant)
+    return Zero123Pipeline.from_single_file(checkpoint, variant=variant, dtype=dtype, device=device,
+                                            original_config=original_config)
 
 
 def image_grid(images, columns: int | None = None):

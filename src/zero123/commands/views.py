@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from ._common import (add_foreground_options, add_model_options, add_number_list, add_sampling_options,
-                      allow_negative_lists, atomic_save_image, foreground_kwargs, image_grid, resolve_device_dtype)
+                      allow_negative_lists, atomic_save_image, foreground_kwargs, image_grid, load_pipeline,
+                      resolve_device_dtype)
 
 EPILOG = """examples:
   zero123 views mug.png --azimuth 90 180 270 --out views/
@@ -61,7 +62,7 @@ def _broadcast(values, n, name):
 def run(args) -> int:
     import torch
 
-    from ..pipelines.zero123_pipeline import Zero123Pipeline, check_noise_scale
+    from ..pipelines.zero123_pipeline import check_noise_scale
     from ..preprocessing import load_image
     from ..utils.atomic import atomic_folder
     from ..utils.outputs import VIEWS_OUTPUTS, check_output_dir
@@ -75,11 +76,8 @@ def run(args) -> int:
     elevations = _broadcast(args.elevation, n, "elevation")
     azimuths = _broadcast(args.azimuth, n, "azimuth")
     radii = _broadcast(args.radius, n, "radius")
-    pipe = Zero123Pipeline.from_pretrained(args.checkpoint, variant=args.variant, dtype=dtype, device=device,
-                                           weights_variant=args.weights_variant) \
-        if args.checkpoint is None or Path(args.checkpoint).is_dir() else \
-        Zero123Pipeline.from_single_file(args.checkpoint, variant=args.variant, dtype=dtype, device=device,
-                                         original_config=args.original_config)
+    pipe = load_pipeline(args.checkpoint, args.variant, dtype, device, weights_variant=args.weights_variant,
+                         original_config=args.original_config)
     input_elevation, estimate = args.input_elevation, None
     if input_elevation is None and pipe.needs_input_elevation():
         from ..elevation import describe, estimate_input_elevation

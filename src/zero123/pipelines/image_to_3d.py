@@ -23,7 +23,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -73,6 +73,7 @@ class ImageTo3DResult:
     #: elevation of the reference camera, degrees, and the estimate behind it when ``input_elevation="auto"``
     input_elevation: Optional[float] = None
     elevation_estimate: Optional[dict] = None
+    cancelled: bool = False  # stopped by ``should_stop`` (checkpoint saved, nothing exported)
 
 
 # ----- input -------------------------------------------------------------------------------------------------
@@ -393,7 +394,8 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
          progress: bool = True, model=None, config: Optional[ImageTo3DConfig] = None,
          export: bool = True, matting_model=None, mask=None, segmentation: str = "auto",
          variant: Optional[str] = None, replace_outputs: bool = True,
-         original_config=None) -> ImageTo3DResult:
+         original_config=None, callback: Optional[Callable[[int, int, dict], None]] = None,
+         should_stop: Optional[Callable[[], bool]] = None) -> ImageTo3DResult:
     """Turn one object image into a textured mesh and a turntable video.
 
     Args:
@@ -426,6 +428,10 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         replace_outputs: False writes into ``out_dir`` as it is, beside other files (``text_to_3d`` uses it for
             its own folder).
         original_config: the LDM yaml of a single-file ``checkpoint`` (sizes its tensors do not determine).
+        callback: called after every step as ``callback(step, total, losses)`` (``step`` 1-based, losses floats).
+        should_stop: polled after every step (e.g. ``threading.Event().is_set``); when it returns True the run
+            saves its checkpoint and returns early with ``cancelled=True`` and nothing exported (``resume``
+            continues it exactly).
     Returns:
         :class:`ImageTo3DResult`. Ctrl-C saves the state and raises :class:`Interrupted` (a ``KeyboardInterrupt``).
     """
@@ -531,8 +537,14 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses['loss']:.4g}", sds=f"{losses['z/sds']:.3g}",
                                 stage=cfg.stage(trainer.step - 1))
+                if callback is not None:
+                    callback(trainer.step, cfg.steps, losses)
                 if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
                     trainer.save(ckpt)
+                if should_stop is not None and trainer.step < cfg.steps and should_stop():
+                    trainer.save(ckpt)
+                    result.cancelled = True
+                    break
         except KeyboardInterrupt:
             trainer.save(ckpt)
             bar.close()
@@ -542,6 +554,8 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         result.checkpoint = ckpt if ckpt.exists() else None
         result.losses = dict(trainer.last_losses)
         result.steps = trainer.step
+        if result.cancelled:
+            return result
         if export:
             export_results(trainer, out_dir, result, progress)
         result.timings["total_s"] = time.perf_counter() - t_start

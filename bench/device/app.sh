@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The device-tool call behind bench/RESULTS.md's "Web app" H200 rows (one H200):
+#   bash bench/device/app.sh        (needs $OUT; from the repo root)
+# A full-size random-weight Stable Zero123 (speed does not depend on weight values) saved as a diffusers folder;
+# `zero123 app` serves it warm; bench/bench_app.py clicks (gradio_client: no browser on the device) to 4 views
+# (50 steps) and to a GLB with the `fast` preset, then times to3d() in-process for the same preset and the cold
+# CLI (`zero123 views`, `zero123 to3d --preset fast`). Writes $OUT/app_h200.json and $OUT/app.log.
+# gradio is not in the device image: carry its wheels in .whl/ (on a machine with PyPI, for the device's Python):
+#   pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#       --platform manylinux_2_28_x86_64 --platform any -d .whl gradio gradio_client
+# APP_TINY=1 runs the same on CPU with the tiny config (a smoke test; no --device cuda).
+set -uo pipefail
+# shellcheck source=bench/device/env.sh
+. bench/device/env.sh
+: "${OUT:?set OUT}"
+if ! python3 -c "import gradio, gradio_client" 2>/dev/null; then
+  python3 -m pip install -q --no-index --find-links .whl --no-compile --target /tmp/site_web gradio gradio_client \
+    || { echo "gradio missing on this machine and not installable from .whl/ (see the header)"; exit 1; }
+  export PYTHONPATH=/tmp/site_web:$PYTHONPATH
+fi
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+CKPT=${CKPT:-/tmp/zero123_app_sz123}
+if [ "${APP_TINY:-0}" = 1 ]; then CFG=tiny_config DEV=cpu PRESET=tiny STEPS=4; else
+  CFG=full_size_config DEV=cuda PRESET=${PRESET:-fast} STEPS=${STEPS:-50}; fi
+python3 - "$CKPT" "$CFG" "$DEV" <<'PY' || exit 1
+import sys, torch
+from zero123.loading import save_pretrained
+from zero123.models import configs
+folder, cfg, dev = sys.argv[1:]
+with torch.device(dev):
+    model = getattr(configs, cfg)("stable_zero123").build(seed=0, device=dev, dtype=torch.float32).eval()
+print("random-weight model:", save_pretrained(model, folder, half=dev == "cuda"), flush=True)
+PY
+timeout "${T_APP:-560}" python3 bench/bench_app.py --checkpoint "$CKPT" --device "$DEV" --preset "$PRESET" \
+  --steps "$STEPS" --client gradio --warmup 1 --reps 2 --in-process --cold-cli --out "$OUT/app_h200.json" \
+  2>&1 | tee "$OUT/app.log" | grep -v Warning

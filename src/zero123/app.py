@@ -1,0 +1,570 @@
+"""``zero123 app``: a local gradio web UI (novel views, image-to-3D, text-to-3D) on the library's pipelines.
+
+Two layers:
+
+* :class:`Zero123App` holds the model (loaded once per process, kept warm) and the per-session folders, and has
+  one plain-Python handler per button (``prepare``, ``views``, ``image_to_3d``, ``text_candidates``). Handlers
+  raise :class:`~zero123.errors.Zero123Error` with the CLI's one-line messages; tests call them directly.
+* :func:`build_app` wires them into a ``gradio.Blocks`` (gradio is the ``web`` extra, imported here only):
+  model jobs share one queue slot (``concurrency_id="model"``, limit 1; waiting users see their position),
+  ``Zero123Error`` becomes ``gr.Error`` (the message shown in the page), and each browser session writes to its
+  own folder ``<work_dir>/s-<hash>/``, removed ``session_max_age_s`` after its last use.
+
+Camera values in the page are those of ``zero123 views`` (degrees / world units relative to the input photo, see
+:mod:`zero123.camera`); the input elevation's default is the pipeline's (5 degrees for Stable Zero123).
+"""
+
+
+import hashlib
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Iterator, Optional
+
+from .errors import Zero123Error
+
+MODEL_QUEUE = "model"  # gradio concurrency id shared by every job that uses the diffusion model
+TO3D_PRESETS = ("auto", "cpu", "fast", "default", "tiny")
+INPUT_NAME = "input_rgba.png"
+
+
+def import_gradio():
+    """``gradio``, or a one-line error naming the extra to install."""
+    try:
+        import gradio
+    except ImportError:
+        raise Zero123Error('the web app needs gradio: pip install "zero123[web]"') from None
+    return gradio
+
+
+@dataclass
+class AppConfig:
+    """Settings of one app process. Sizes in bytes / pixels, ages in seconds."""
+
+    checkpoint: Optional[str] = None          # None: the bundled model
+    variant: Optional[str] = None
+    t2i_model: Optional[str] = None           # text-to-image model; the Text-to-3D tab only appears with one
+    matting_model: Optional[str] = None       # ONNX matting model for photos without a plain background
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    fast: bool = False                        # GPU: compile the UNet/VAE once at start (see Zero123Pipeline)
+    work_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "zero123-app")
+    max_upload_bytes: int = 20 * 2 ** 20
+    max_pixels: int = 36_000_000
+    session_max_age_s: float = 6 * 3600.0
+    max_views: int = 16
+
+
+@dataclass
+class ViewsResult:
+    images: list[Path]
+    grid: Path
+
+
+@dataclass
+class To3DOutput:
+    """Files of a finished image-to-3D run (``glb``...) or, when cancelled, only ``checkpoint``."""
+
+    status: str
+    cancelled: bool
+    steps: int
+    checkpoint: Optional[Path] = None
+    glb: Optional[Path] = None
+    obj_zip: Optional[Path] = None
+    ply: Optional[Path] = None
+    video: Optional[Path] = None
+    preview: Optional[Path] = None
+
+
+def zip_files(paths, out: Path) -> Path:
+    """Zip ``paths`` (flat) into ``out`` via a temporary name."""
+    from .export.writers import atomic_write_with
+
+    def write(tmp):
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for p in paths:
+                zf.write(p, Path(p).name)
+
+    return atomic_write_with(out, write)
+
+
+class Zero123App:
+    """The app's state and handlers (no gradio here). Thread-safe: the model is loaded under a lock and model jobs
+    run one at a time."""
+
+    ABANDON_S = 5.0  # an image-to-3D run whose progress nobody read for this long stops (see image_to_3d_live)
+
+    def __init__(self, config: AppConfig | None = None, pipeline=None):
+        self.config = config or AppConfig()
+        self.root = Path(self.config.work_dir).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._pipe, self._t2i, self._matting = pipeline, None, None
+        self._lock = threading.Lock()
+        self._stops: dict[str, threading.Event] = {}
+        self.last_3d: dict[str, To3DOutput] = {}  # the page's last image-to-3D result, by gradio session
+        self.active_jobs = 0            # model jobs running now, and the most ever at once (tests, load test)
+        self.max_active_jobs = 0
+        self._jobs_lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        if self.config.matting_model is not None and not Path(self.config.matting_model).is_file():
+            raise Zero123Error(f"matting model not found: {self.config.matting_model}")
+        if self.config.t2i_model is not None:
+            from .text2image import check_model_path
+
+            check_model_path(self.config.t2i_model)
+
+    # ----- model (loaded once) ---------------------------------------------------------------------------------
+    @property
+    def pipeline(self):
+        with self._lock:
+            if self._pipe is None:
+                from .commands._common import load_pipeline, resolve_device_dtype
+
+                c = self.config
+                device, dtype = resolve_device_dtype(SimpleNamespace(device=c.device, dtype=c.dtype))
+                pipe = load_pipeline(c.checkpoint, c.variant, dtype, device)
+                if pipe.device.type == "cuda":
+                    if c.fast:
+                        pipe.enable_fast_path()
+                    else:
+                        from .models.optimizations import optimize_for_inference
+
+                        optimize_for_inference(pipe.model)
+                        pipe.enable_cuda_graph()
+                self._pipe = pipe
+            return self._pipe
+
+    def _matting_model(self):
+        with self._lock:
+            if self._matting is None and self.config.matting_model is not None:
+                from .matting import load_matting_model
+
+                self._matting = load_matting_model(self.config.matting_model)
+            return self._matting
+
+    def _t2i_model(self):
+        with self._lock:
+            if self._t2i is None:
+                from .text2image import TextToImage
+
+                c = self.config
+                self._t2i = TextToImage.from_pretrained(c.t2i_model, device=c.device)
+            return self._t2i
+
+    class _Job:
+        """One model job: holds the model lock (one job at a time, whatever the web layer does) and counts."""
+
+        def __init__(self, app):
+            self.app = app
+
+        def __enter__(self):
+            self.app._model_lock.acquire()
+            with self.app._jobs_lock:
+                self.app.active_jobs += 1
+                self.app.max_active_jobs = max(self.app.max_active_jobs, self.app.active_jobs)
+
+        def __exit__(self, *exc):
+            with self.app._jobs_lock:
+                self.app.active_jobs -= 1
+            self.app._model_lock.release()
+
+    # ----- sessions --------------------------------------------------------------------------------------------
+    def session_dir(self, session: str) -> Path:
+        """The session's own folder (created; its mtime marks the last use). ``session``: any id string."""
+        name = "s-" + hashlib.sha256(str(session).encode()).hexdigest()[:24]
+        d = self.root / name
+        d.mkdir(parents=True, exist_ok=True)
+        os.utime(d)
+        return d
+
+    def cleanup(self, now: float | None = None) -> list[Path]:
+        """Remove session folders unused for more than ``session_max_age_s``; returns those removed."""
+        now = time.time() if now is None else now
+        removed = []
+        for d in self.root.glob("s-*"):
+            try:
+                if now - d.stat().st_mtime > self.config.session_max_age_s:
+                    shutil.rmtree(d, ignore_errors=True)
+                    removed.append(d)
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def input_path(self, session: str) -> Path:
+        p = self.session_dir(session) / INPUT_NAME
+        if not p.is_file():
+            raise Zero123Error("no input image yet: upload a photo first")
+        return p
+
+    # ----- handlers --------------------------------------------------------------------------------------------
+    def check_upload(self, path) -> None:
+        """Byte and pixel limits, checked from the file size and the image header before decoding."""
+        from PIL import Image, UnidentifiedImageError
+
+        from .preprocessing import load_image
+
+        if path is None:
+            raise Zero123Error("no image given: upload a photo")
+        path = Path(path)
+        if path.is_file() and path.stat().st_size > self.config.max_upload_bytes:
+            raise Zero123Error(f"{path.name} is {path.stat().st_size / 2 ** 20:.1f} MB, over the app's upload "
+                               f"limit of {self.config.max_upload_bytes / 2 ** 20:.0f} MB")
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            w = h = 0  # load_image below gives the CLI's message
+        if w * h > self.config.max_pixels:
+            raise Zero123Error(f"{path.name} has {w}x{h} pixels, over the limit of {self.config.max_pixels:,} "
+                               f"pixels (a decompression bomb or a very large photo: downscale it)")
+        try:
+            load_image(path)
+        except Image.DecompressionBombError:
+            raise Zero123Error(f"{path.name} decompresses to too many pixels (a decompression bomb?)") from None
+
+    def prepare(self, session: str, upload) -> Path:
+        """Check and prepare an uploaded photo (mask, recentred at 0.8 on transparent): the session's
+        ``input_rgba.png`` (written atomically), shown in the page on white."""
+        from .commands._common import atomic_save_image
+        from .preprocessing import load_image, prepare_input_image
+
+        self.cleanup()
+        self.check_upload(upload)
+        image = load_image(upload)
+        size = max(256, self.pipeline.model.image_size)
+        prep = prepare_input_image(image, size=size, matting=self._matting_model())
+        out = self.session_dir(session) / INPUT_NAME
+        atomic_save_image(prep.rgba, out)
+        return out
+
+    def orbit(self, n: int, elevation: float = 0.0) -> tuple[list[float], list[float]]:
+        """``n`` azimuth changes evenly round the object (excluding the input's 0), one elevation change."""
+        n = int(n)
+        if not 1 <= n <= self.config.max_views:
+            raise Zero123Error(f"number of views must be 1..{self.config.max_views}, got {n}")
+        return [float(elevation)] * n, [360.0 * (i + 1) / (n + 1) for i in range(n)]
+
+    def views(self, session: str, elevations, azimuths, radius: float = 0.0, *, steps: int = 50,
+              guidance_scale: float = 3.0, seed: int = 0, noise_scale: float | None = None,
+              input_elevation: float | None = None) -> ViewsResult:
+        """Novel views of the session's input; a fresh ``views/`` folder each call (view_NN.png, grid.png)."""
+        import torch
+
+        from .commands._common import atomic_save_image, image_grid
+        from .pipelines.zero123_pipeline import check_noise_scale
+        from .utils.atomic import atomic_folder
+
+        src = self.input_path(session)
+        if len(azimuths) > self.config.max_views:
+            raise Zero123Error(f"at most {self.config.max_views} views at once, got {len(azimuths)}")
+        tau = None if noise_scale is None else check_noise_scale(float(noise_scale))
+        pipe = self.pipeline
+        radii = [float(radius)] * len(azimuths)
+        pipe.camera_batch(elevations, azimuths, radii, input_elevation)  # validate before sampling
+        with self._Job(self):
+            out = pipe(str(src), elevations, azimuths, radii, input_elevation=input_elevation,
+                       num_inference_steps=int(steps), guidance_scale=float(guidance_scale),
+                       generator=torch.Generator("cpu").manual_seed(int(seed)), noise_scale=tau, progress=False)
+        final = self.session_dir(session) / "views"
+        with atomic_folder(final) as tmp:  # a fresh views/ each call, never mixed with the last one's
+            for i, im in enumerate(out.images):
+                atomic_save_image(im, tmp / f"view_{i:02d}.png")
+            atomic_save_image(image_grid([out.input_image.rgb] + out.images), tmp / "grid.png")
+        return ViewsResult(images=[final / f"view_{i:02d}.png" for i in range(len(out.images))],
+                           grid=final / "grid.png")
+
+    def stop_event(self, session: str) -> threading.Event:
+        return self._stops.setdefault(self.session_dir(session).name, threading.Event())
+
+    def cancel(self, session: str) -> None:
+        """Ask the session's running image-to-3D job to stop (it saves its checkpoint)."""
+        self.stop_event(session).set()
+
+    def image_to_3d(self, session: str, *, preset: str = "auto", steps: int | None = None, seed: int = 0,
+                    input_elevation: float | None = None, resume: bool = False,
+                    callback: Callable[[int, int, dict], None] | None = None) -> To3DOutput:
+        """Run (or with ``resume`` continue) ``to3d`` on the session's input into its ``to3d/`` folder.
+        ``callback(step, total, losses)`` after each step; :meth:`cancel` stops it with its checkpoint kept."""
+        from .pipelines.image_to_3d import checkpoint_path, to3d
+
+        if preset not in TO3D_PRESETS:
+            raise Zero123Error(f"unknown preset {preset!r}: use one of {', '.join(TO3D_PRESETS)}")
+        if steps is not None and int(steps) < 1:
+            raise Zero123Error(f"steps must be >= 1, got {steps}")
+        src = self.input_path(session)
+        out = self.session_dir(session) / "to3d"
+        state = checkpoint_path(out)
+        if resume and not state.is_file():
+            raise Zero123Error("nothing to resume: no cancelled image-to-3D run in this session")
+        if not resume and out.exists():
+            shutil.rmtree(out)
+        stop = self.stop_event(session)
+        stop.clear()
+        model = self.pipeline.model
+        with self._Job(self):
+            res = to3d(str(src), out_dir=out, preset=preset, steps=None if steps is None else int(steps),
+                       seed=int(seed), input_elevation=input_elevation, resume=out if resume else None,
+                       model=model, progress=False, callback=callback, should_stop=stop.is_set)
+        if res.cancelled:
+            return To3DOutput(f"cancelled at step {res.steps}: checkpoint kept, press Resume to continue",
+                              True, res.steps, checkpoint=res.checkpoint)
+        obj_files = [p for p in (res.obj, res.mtl, res.texture) if p is not None]
+        return To3DOutput(f"done: {res.steps} steps, {res.num_faces} faces, "
+                          f"{res.timings.get('total_s', 0.0):.1f} s", False, res.steps, checkpoint=res.checkpoint,
+                          glb=res.glb, obj_zip=zip_files(obj_files, out / "model_obj.zip"), ply=res.ply,
+                          video=res.mp4, preview=res.preview)
+
+    def image_to_3d_live(self, session: str, **kwargs) -> Iterator[tuple[str, Optional[To3DOutput]]]:
+        """:meth:`image_to_3d` in a worker thread, yielding ``(status line, None)`` while it runs (step / total,
+        loss, ETA) and ``(status, To3DOutput)`` at the end. Closing the iterator, or leaving it unread for
+        ``ABANDON_S`` seconds with steps waiting (a browser gone: gradio stops reading), cancels the run; its
+        checkpoint is kept for Resume."""
+        updates: queue.Queue = queue.Queue()
+        box: dict = {}
+        t0 = time.perf_counter()
+        first = {}
+        last_read = [time.monotonic()]
+
+        def cb(step, total, losses):
+            first.setdefault("step", step - 1)
+            updates.put((step, total, losses.get("loss", float("nan"))))
+            if updates.qsize() >= 2 and time.monotonic() - last_read[0] > self.ABANDON_S:
+                self.cancel(session)
+
+        def work():
+            try:
+                box["out"] = self.image_to_3d(session, callback=cb, **kwargs)
+            except BaseException as exc:  # re-raised in the caller's thread
+                box["err"] = exc
+            finally:
+                updates.put(None)
+
+        th = threading.Thread(target=work, name="zero123-to3d", daemon=True)
+        th.start()
+        try:
+            yield "starting (loading the model on first use) ...", None
+            while True:
+                item = updates.get()
+                last_read[0] = time.monotonic()
+                if item is None:
+                    break
+                while not updates.empty():  # skip to the newest step
+                    nxt = updates.get()
+                    if nxt is None:
+                        updates.put(None)
+                        break
+                    item = nxt
+                step, total, loss = item
+                done = step - first.get("step", 0)
+                eta = (time.perf_counter() - t0) / max(done, 1) * (total - step)
+                yield f"step {step} / {total} · loss {loss:.4g} · ETA {eta:.0f} s", None
+            th.join()
+            if "err" in box:
+                raise box["err"]
+            yield box["out"].status, box["out"]
+        finally:
+            if th.is_alive():
+                self.cancel(session)
+                th.join()
+
+    def text_candidates(self, session: str, prompt: str, num_candidates: int = 2, pick: int | None = None,
+                        seed: int = 0) -> tuple[list[Path], Path]:
+        """Text-to-image candidates; the chosen one (``pick``, else the best mask) becomes the session's input."""
+        from .pipelines.text_to_3d import text_to_3d
+
+        if self.config.t2i_model is None:
+            raise Zero123Error("no text-to-image model: start the app with --t2i-model PATH")
+        out = self.session_dir(session) / "text"
+        with self._Job(self):
+            res = text_to_3d(prompt, self._t2i_model(), out_dir=out, num_candidates=int(num_candidates),
+                             pick=None if pick is None else int(pick), matting_model=self._matting_model(),
+                             seed=int(seed), skip_3d=True, progress=False)
+        return list(res.candidates), self.prepare(session, res.input_rgba)
+
+
+# ----- gradio --------------------------------------------------------------------------------------------------
+def _session_id(request) -> str:
+    return getattr(request, "session_hash", None) or "default"
+
+
+def build_app(config: AppConfig | None = None, app: Zero123App | None = None):
+    """The gradio ``Blocks`` of the app (not launched: ``.queue()`` is set; call ``.launch()`` or mount it)."""
+    gr = import_gradio()
+    app = app or Zero123App(config)
+    cfg = app.config
+
+    def user_errors(fn):
+        import functools
+        import inspect
+
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gen(*a, **k):
+                try:
+                    yield from fn(*a, **k)
+                except Zero123Error as exc:
+                    raise gr.Error(str(exc), print_exception=False) from None
+            return gen
+
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            try:
+                return fn(*a, **k)
+            except Zero123Error as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+        return wrapper
+
+    def opt_float(v):
+        return None if v is None or v == "" else float(v)
+
+    with gr.Blocks(title="zero123") as demo:
+        gr.Markdown("# zero123\nOne photo of an object → novel views and a 3D model.")
+        with gr.Row():
+            upload = gr.File(label="Photo (RGBA, or an object on a plain background)", file_types=["image"],
+                             type="filepath", elem_id="upload")
+            prepared = gr.Image(label="Prepared input", type="filepath", interactive=False, elem_id="prepared")
+        default_elev = 5.0 if app._pipe is None or app._pipe.model.variant.value == "stable_zero123" else 0.0
+        input_elev = gr.Number(label="Input elevation (degrees; the photo's viewpoint above the horizon)",
+                               value=default_elev, elem_id="input_elevation")
+
+        @user_errors
+        def on_upload(path, request: gr.Request):
+            return str(app.prepare(_session_id(request), path)) if path else None
+
+        upload.upload(on_upload, upload, prepared, concurrency_id="prepare", concurrency_limit=2,
+                      api_name="prepare")
+
+        with gr.Tab("Novel views"):
+            with gr.Row():
+                d_elev = gr.Slider(-80, 80, value=0, step=1, label="Elevation change (deg)")
+                d_azim = gr.Slider(-180, 180, value=90, step=1, label="Azimuth change (deg)")
+                d_rad = gr.Slider(-0.5, 0.5, value=0, step=0.05, label="Radius change")
+            with gr.Row():
+                n_orbit = gr.Slider(1, cfg.max_views, value=4, step=1, label="Orbit views", elem_id="n_orbit")
+                v_steps = gr.Slider(2, 200, value=50, step=1, label="Steps", elem_id="view_steps")
+                v_cfg = gr.Slider(0, 10, value=3.0, step=0.1, label="Guidance")
+                v_seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+                v_tau = gr.Slider(0, 1, value=app._pipe.noise_scale if app._pipe else 1.0, step=0.05,
+                                  label="Noise scale")
+            with gr.Row():
+                one_btn = gr.Button("One view")
+                orbit_btn = gr.Button("Orbit", variant="primary", elem_id="orbit_btn")
+            gallery = gr.Gallery(label="Views", columns=4, elem_id="gallery")
+            grid_file = gr.File(label="Grid", elem_id="grid_file")
+
+            def _views(session, elevs, azims, r, steps, g, seed, tau, ie):
+                res = app.views(session, elevs, azims, r, steps=steps, guidance_scale=g, seed=int(seed or 0),
+                                noise_scale=tau, input_elevation=opt_float(ie))
+                return [str(p) for p in res.images], str(res.grid)
+
+            @user_errors
+            def on_one(e, a, r, steps, g, seed, tau, ie, request: gr.Request):
+                return _views(_session_id(request), [e], [a], r, steps, g, seed, tau, ie)
+
+            @user_errors
+            def on_orbit(n, e, r, steps, g, seed, tau, ie, request: gr.Request):
+                elevs, azims = app.orbit(n, e)
+                return _views(_session_id(request), elevs, azims, r, steps, g, seed, tau, ie)
+
+            common = [v_steps, v_cfg, v_seed, v_tau, input_elev]
+            one_btn.click(on_one, [d_elev, d_azim, d_rad] + common, [gallery, grid_file],
+                          concurrency_id=MODEL_QUEUE, concurrency_limit=1, api_name="views")
+            orbit_btn.click(on_orbit, [n_orbit, d_elev, d_rad] + common, [gallery, grid_file],
+                            concurrency_id=MODEL_QUEUE, concurrency_limit=1, api_name="orbit")
+
+        with gr.Tab("Image-to-3D"):
+            with gr.Row():
+                preset = gr.Dropdown(list(TO3D_PRESETS), value="auto", label="Preset", elem_id="preset")
+                t_steps = gr.Number(value=0, precision=0, label="Steps (0: the preset's)", elem_id="t_steps")
+                t_seed = gr.Number(value=0, precision=0, label="Seed")
+            with gr.Row():
+                run_btn = gr.Button("Make 3D", variant="primary", elem_id="run3d")
+                cancel_btn = gr.Button("Cancel", elem_id="cancel3d")
+                resume_btn = gr.Button("Resume", elem_id="resume3d")
+            status = gr.Textbox(label="Progress", interactive=False, elem_id="status3d")
+            with gr.Row():
+                viewer = gr.Model3D(label="3D model", elem_id="model3d")
+                video = gr.Video(label="Turntable", elem_id="turntable")
+            downloads = gr.File(label="Downloads (GLB, OBJ zip, PLY)", file_count="multiple", elem_id="downloads")
+
+            # the run streams only its status line; its files are shown by a second step (a Model3D updated
+            # from a generator that first skipped it stays without its canvas in gradio 6)
+            def run_live(resume, p, steps, seed, ie, request: gr.Request):
+                session = _session_id(request)
+                app.last_3d.pop(session, None)
+                steps = None if steps in (None, "", 0) else int(steps)  # the page's 0 / empty: the preset's
+                for line, out in app.image_to_3d_live(session, preset=p, steps=steps, seed=int(seed or 0),
+                                                      input_elevation=opt_float(ie), resume=resume):
+                    if out is not None:
+                        app.last_3d[session] = out
+                    yield line
+
+            @user_errors
+            def on_run(p, steps, seed, ie, request: gr.Request):
+                yield from run_live(False, p, steps, seed, ie, request)
+
+            @user_errors
+            def on_resume(p, steps, seed, ie, request: gr.Request):
+                yield from run_live(True, p, steps, seed, ie, request)
+
+            def on_show(request: gr.Request):
+                out = app.last_3d.get(_session_id(request))
+                if out is None or out.cancelled:
+                    return None, None, None
+                return str(out.glb), str(out.video), [str(out.glb), str(out.obj_zip), str(out.ply)]
+
+            def on_cancel(request: gr.Request):
+                app.cancel(_session_id(request))
+                return "cancelling: saving the checkpoint ..."
+
+            ins, files = [preset, t_steps, t_seed, input_elev], [viewer, video, downloads]
+            run_btn.click(on_run, ins, status, concurrency_id=MODEL_QUEUE, concurrency_limit=1,
+                          api_name="to3d").then(on_show, None, files, queue=False)
+            resume_btn.click(on_resume, ins, status, concurrency_id=MODEL_QUEUE, concurrency_limit=1,
+                             api_name="resume").then(on_show, None, files, queue=False)
+            cancel_btn.click(on_cancel, None, status, queue=False, api_name="cancel")
+
+        if cfg.t2i_model is not None:
+            with gr.Tab("Text-to-3D"):
+                prompt = gr.Textbox(label="Prompt", placeholder="a ceramic teapot")
+                with gr.Row():
+                    n_cand = gr.Slider(1, 8, value=2, step=1, label="Candidates")
+                    pick = gr.Number(value=None, precision=0, label="Pick (0-based; empty: best mask)")
+                    c_seed = gr.Number(value=0, precision=0, label="Seed")
+                cand_btn = gr.Button("Generate candidates", variant="primary")
+                cands = gr.Gallery(label="Candidates", columns=4)
+                gr.Markdown("The chosen candidate becomes the input: continue in *Novel views* or *Image-to-3D*.")
+
+                @user_errors
+                def on_text(pr, n, pk, s, request: gr.Request):
+                    paths, inp = app.text_candidates(_session_id(request), pr, n,
+                                                     None if pk in (None, "") else int(pk), int(s or 0))
+                    return [str(p) for p in paths], str(inp)
+
+                cand_btn.click(on_text, [prompt, n_cand, pick, c_seed], [cands, prepared],
+                               concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.zero123 = app  # the handlers' state, for tests and embedding servers
+    return demo
+
+
+def launch(config: AppConfig, host: str = "127.0.0.1", port: int = 7860, warm: bool = True) -> None:
+    """Build and serve the app (blocks). ``warm``: load the model before serving."""
+    app = Zero123App(config)
+    if warm:
+        app.pipeline
+    demo = build_app(app=app)
+    print(f"zero123 app: http://{host}:{port}/  (work dir {app.root})", flush=True)
+    demo.launch(server_name=host, server_port=port, share=False, max_file_size=config.max_upload_bytes,
+                allowed_paths=[str(app.root)], show_error=True, quiet=True)
+
+
+__all__ = ["AppConfig", "Zero123App", "build_app", "launch", "import_gradio", "ViewsResult", "To3DOutput"]
