@@ -26,6 +26,8 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# the zero123 CLI; where imageio-ffmpeg is missing (the lent GPU machines) turntable MP4s become raw frames
+ZERO123_CLI = [sys.executable, str(REPO / "bench" / "cli_no_ffmpeg.py")]
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -50,7 +52,7 @@ def rss_mb(pid: int) -> float:
 
 def start_server(args, work: Path):
     port = free_port()
-    cmd = [sys.executable, "-m", "zero123.cli", "app", "--port", str(port), "--work-dir", str(work)]
+    cmd = [*ZERO123_CLI, "app", "--port", str(port), "--work-dir", str(work)]
     for opt in ("checkpoint", "device", "dtype"):
         if getattr(args, opt):
             cmd += [f"--{opt}", getattr(args, opt)]
@@ -159,6 +161,9 @@ def client_clicks(args, url) -> dict:
 
 def in_process_to3d(args) -> float:
     """``to3d()`` for the same preset with the model already loaded (what the app's click does, without it)."""
+    from _no_ffmpeg import skip_mp4_if_no_ffmpeg
+
+    skip_mp4_if_no_ffmpeg()
     import torch
 
     from zero123.commands._common import load_pipeline, resolve_device_dtype
@@ -186,7 +191,7 @@ def in_process_to3d(args) -> float:
 
 
 def cold_cli(args) -> dict:
-    base = [sys.executable, "-m", "zero123.cli"]
+    base = list(ZERO123_CLI)
     model = []
     for opt in ("checkpoint", "device", "dtype"):
         if getattr(args, opt):

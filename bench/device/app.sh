@@ -5,17 +5,21 @@
 # `zero123 app` serves it warm; bench/bench_app.py clicks (gradio_client: no browser on the device) to 4 views
 # (50 steps) and to a GLB with the `fast` preset, then times to3d() in-process for the same preset and the cold
 # CLI (`zero123 views`, `zero123 to3d --preset fast`). Writes $OUT/app_h200.json and $OUT/app.log.
-# gradio is not in the device image: carry its wheels in .whl/ (on a machine with PyPI, for the device's Python):
-#   pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
-#       --platform manylinux_2_28_x86_64 --platform any -d .whl gradio gradio_client
+# gradio is not in the device image and its wheels exceed the carry limit beside the repo: build .webwhl/ with
+# bench/device/make_webwhl.sh (trimmed gradio + the packages it needs) and carry it with .whl/.
 # APP_TINY=1 runs the same on CPU with the tiny config (a smoke test; no --device cuda).
 set -uo pipefail
 # shellcheck source=bench/device/env.sh
 . bench/device/env.sh
 : "${OUT:?set OUT}"
 if ! python3 -c "import gradio, gradio_client" 2>/dev/null; then
-  python3 -m pip install -q --no-index --find-links .whl --no-compile --target /tmp/site_web gradio gradio_client \
-    || { echo "gradio missing on this machine and not installable from .whl/ (see the header)"; exit 1; }
+  if [ -f .webwhl/gradio_trimmed.tar.gz ]; then  # bench/device/make_webwhl.sh; carry .webwhl
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_web .webwhl/*.whl \
+      && tar xzf .webwhl/gradio_trimmed.tar.gz -C /tmp/site_web || exit 1
+  else
+    python3 -m pip install -q --no-index --find-links .whl --no-compile --target /tmp/site_web gradio gradio_client \
+      || { echo "gradio missing on this machine and not installable from .whl/ (see the header)"; exit 1; }
+  fi
   export PYTHONPATH=/tmp/site_web:$PYTHONPATH
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
