@@ -28,6 +28,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # the zero123 CLI; where imageio-ffmpeg is missing (the lent GPU machines) turntable MP4s become raw frames
 ZERO123_CLI = [sys.executable, str(REPO / "bench" / "cli_no_ffmpeg.py")]
+
+
+def _pythonpath() -> str:
+    """The repo's src/ first, then whatever PYTHONPATH already holds (the device scripts' carried wheels)."""
+    return os.pathsep.join([str(REPO / "src")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -56,7 +61,7 @@ def start_server(args, work: Path):
     for opt in ("checkpoint", "device", "dtype"):
         if getattr(args, opt):
             cmd += [f"--{opt}", getattr(args, opt)]
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(REPO / "src"))
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=_pythonpath())
     logf = open(work.parent / "server.log", "w")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
@@ -196,7 +201,7 @@ def cold_cli(args) -> dict:
     for opt in ("checkpoint", "device", "dtype"):
         if getattr(args, opt):
             model += [f"--{opt}", getattr(args, opt)]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    env = dict(os.environ, PYTHONPATH=_pythonpath())
     out = {}
     with tempfile.TemporaryDirectory() as d:
         azims = [str(360 * (i + 1) / (args.views + 1)) for i in range(args.views)]

@@ -108,13 +108,14 @@ def test_to3d_replaces_an_earlier_run_whole_ctrl_c_names_the_state_and_resume_co
     assert (info.value.step, info.value.steps, info.value.checkpoint) == (0, 1, out / "checkpoints" / "state.pt")
     assert load_checkpoint(info.value.checkpoint)["step"] == 0
     # the earlier run's files are gone, not mixed with this run's
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "input_rgba.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "input_rgba.png", "mask.png"]  # this run's
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     monkeypatch.setattr(ImageTo3DTrainer, "train_step", orig)
     (out / "notes.txt").write_text("kept")  # resuming in place continues the folder as it is
     res = to3d(out / "input_rgba.png", out_dir=out, resume=out, model=model, progress=False, export=False)
     assert res.steps == 1 and load_checkpoint(out)["step"] == 1 and (out / "notes.txt").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "input_rgba.png", "notes.txt", "result.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "input_rgba.png", "mask.png", "notes.txt",
+                                                     "result.json"]
 
 
 def test_to3d_rerun_in_a_text_to_3d_folder_keeps_its_images(model, tmp_path):
@@ -128,12 +129,12 @@ def test_to3d_rerun_in_a_text_to_3d_folder_keeps_its_images(model, tmp_path):
     (out / "turntable.gif").write_bytes(b"old")
     before = (out / "input_rgba.png").read_bytes()
     to3d(out / "input_rgba.png", out_dir=out, preset="tiny", steps=1, model=model, progress=False, export=False)
-    assert sorted(p.name for p in out.iterdir()) == ["candidates", "checkpoints", "input_rgba.png", "result.json",
-                                                     "text_to_3d.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["candidates", "checkpoints", "input_rgba.png", "mask.png",
+                                                     "result.json", "text_to_3d.json"]
     assert (out / "input_rgba.png").read_bytes() == before and (out / "candidates" / "00.png").exists()
     (out / "text_to_3d.json").unlink()
     import shutil
 
     shutil.rmtree(out / "candidates")
     to3d(out / "input_rgba.png", out_dir=out, preset="tiny", steps=1, model=model, progress=False, export=False)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "input_rgba.png", "result.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "input_rgba.png", "mask.png", "result.json"]

@@ -149,7 +149,8 @@ def test_views_replaces_its_earlier_output_whole(tmp_path, photo, fixtures_dir, 
         (out / name).write_bytes(b"an earlier run of three views")
     (out / "view_00.png").chmod(0o600)  # as the old writer left them
     assert main(["views", str(photo), "--checkpoint", ckpt, "--steps", "2", "--out", str(out), "--azimuth", "-45"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "input_rgba.png", "view_00.png", "views.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "input_rgba.png", "mask.png", "view_00.png",
+                                                     "views.json"]
     assert [v["file"] for v in json.loads((out / "views.json").read_text())["views"]] == ["view_00.png"]
     assert {mode(p) for p in out.iterdir()} == {0o644} and mode(out) == 0o755
     assert sorted(p.name for p in tmp_path.iterdir()) == ["views"]  # no temporary siblings left

@@ -181,5 +181,5 @@ def test_cli_to3d_on_a_real_photo_with_no_flag(tmp_path):
     assert rc == 0
     mask = np.asarray(Image.open(out / "mask.png"))
     assert mask.shape == (300, 451) and 0.02 < (mask > 127).mean() < 0.9
-    for name in ("model.glb", "model.obj", "input.png"):
+    for name in ("model.glb", "model.obj", "input_rgba.png"):
         assert (out / name).stat().st_size > 0

@@ -13,6 +13,7 @@ set -uo pipefail
 . bench/device/env.sh
 : "${OUT:?set OUT}"
 if ! python3 -c "import gradio, gradio_client" 2>/dev/null; then
+  rm -rf /tmp/site_web  # a warm machine may hold an earlier call's copy
   if [ -f .webwhl/gradio_trimmed.tar.gz ]; then  # bench/device/make_webwhl.sh; carry .webwhl
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_web .webwhl/*.whl \
       && tar xzf .webwhl/gradio_trimmed.tar.gz -C /tmp/site_web || exit 1
@@ -21,6 +22,7 @@ if ! python3 -c "import gradio, gradio_client" 2>/dev/null; then
       || { echo "gradio missing on this machine and not installable from .whl/ (see the header)"; exit 1; }
   fi
   export PYTHONPATH=/tmp/site_web:$PYTHONPATH
+  python3 -c "import gradio, gradio_client" || exit 1  # the real import error, not the app's one-line message
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 CKPT=${CKPT:-/tmp/zero123_app_sz123}

@@ -10,9 +10,9 @@ rm -rf .webwhl && mkdir -p .webwhl
 dl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   --platform manylinux1_x86_64 -d "$1" "${@:2}"; }
-dl .webwhl brotli fastapi gradio-client groovy hf-gradio orjson pydantic pydantic-core annotated-types \
+dl .webwhl brotli fastapi gradio-client groovy hf-gradio orjson pydantic==2.13.4 pydantic-core==2.46.4 annotated-types \
   typing-inspection pydub python-multipart safehttpx semantic-version starlette "tomlkit<0.15" uvicorn \
-  annotated-doc opentelemetry-api importlib-metadata zipp
+  annotated-doc opentelemetry-api importlib-metadata zipp pytz
 tmp=$(mktemp -d)
 dl "$tmp" "gradio==$GRADIO"
 (cd "$tmp" && unzip -q gradio-*.whl && rm gradio-*.whl && find gradio/templates gradio/media_assets -type f -size +20k -delete \

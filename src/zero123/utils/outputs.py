@@ -40,14 +40,15 @@ class OutputLayout:
         return OutputLayout(self.command, self.names + other.names)
 
 
-VIEWS_OUTPUTS = OutputLayout("views", ("input_rgba.png", "mask.png", "view_[0-9][0-9]*.png", "grid.png", "views.json"))
-TO3D_OUTPUTS = OutputLayout("to3d", ("input_rgba.png", "mask.png", "input.png", "model.obj", "model.mtl", "material_*.png",
-                                     "model.glb", "model.ply", "turntable.mp4", "turntable.gif", "preview.png",
-                                     "result.json", "checkpoints"))
+VIEWS_OUTPUTS = OutputLayout("views", ("input_rgba.png", "mask.png", "view_[0-9][0-9]*.png", "grid.png",
+                                       "views.json"))
+TO3D_OUTPUTS = OutputLayout("to3d", ("input_rgba.png", "mask.png", "input.png", "model.obj", "model.mtl",
+                                     "material_*.png", "model.glb", "model.ply", "turntable.mp4", "turntable.gif",
+                                     "preview.png", "result.json", "checkpoints"))
 TEXT_TO_3D_OUTPUTS = OutputLayout("text-to-3d", ("candidates", "text_to_3d.json")) + TO3D_OUTPUTS
 DATASET_OUTPUTS = OutputLayout("render-dataset", ("manifest.json",))  # (object folders have any name: keep=True)
-CONVERT_OUTPUTS = OutputLayout("convert", ("model_index.json", "sampling.json", "unet", "vae", "image_encoder",
-                                           "cc_projection", "scheduler", "feature_extractor"))
+CONVERT_OUTPUTS = OutputLayout("convert", ("model_index.json", "sampling.json", "zero123.json", "unet", "vae",
+                                           "image_encoder", "cc_projection", "scheduler", "feature_extractor"))
 
 
 def is_within(path, folder) -> bool:
