@@ -51,7 +51,7 @@ class AppConfig:
     checkpoint: Optional[str] = None          # None: the bundled model
     variant: Optional[str] = None
     t2i_model: Optional[str] = None           # text-to-image model; the Text-to-3D tab only appears with one
-    matting_model: Optional[str] = None       # ONNX matting model for photos without a plain background
+    matting_model: Optional[str] = None       # ONNX matting model (default: alpha / plain rule / built-in)
     device: Optional[str] = None
     dtype: Optional[str] = None
     fast: bool = False                        # GPU: compile the UNet/VAE once at start (see Zero123Pipeline)

@@ -24,8 +24,9 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     p.add_argument("--t2i-model", metavar="PATH", default=None,
                    help="text-to-image model (SDXL / SDXL-Turbo folder or file): adds the Text-to-3D tab")
     p.add_argument("--matting-model", metavar="PATH", default=None,
-                   help="ONNX matting model for photos without a plain background (default: plain-background "
-                        "segmentation; RGBA inputs use their alpha)")
+                   help="ONNX salient-object model (rembg's u2net / isnet / BiRefNet files) for the photos' "
+                        "foreground (default: an RGBA input's alpha, else the plain-background rule, else the "
+                        "built-in background removal, as in views and to3d)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 exposes the app)")
     p.add_argument("--port", type=int, default=7860)
