@@ -427,7 +427,7 @@ def build_app(config: AppConfig | None = None, app: Zero123App | None = None):
     with gr.Blocks(title="zero123") as demo:
         gr.Markdown("# zero123\nOne photo of an object → novel views and a 3D model.")
         with gr.Row():
-            upload = gr.File(label="Photo (RGBA, or an object on a plain background)", file_types=["image"],
+            upload = gr.File(label="Photo (RGBA, or any photo: its background is removed)", file_types=["image"],
                              type="filepath", elem_id="upload")
             prepared = gr.Image(label="Prepared input", type="filepath", interactive=False, elem_id="prepared")
         default_elev = 5.0 if app._pipe is None or app._pipe.model.variant.value == "stable_zero123" else 0.0
