@@ -75,7 +75,8 @@ def min_snr_weights(alphas_cumprod_t: torch.Tensor, gamma: float) -> torch.Tenso
     (high noise) keep weight 1; less noisy ones get ``gamma / SNR``.
 
     Kept instead of ``diffusers.training_utils.compute_snr``: that one needs a scheduler object and timesteps, while
-    the objective has ``acp[t]`` on its device already; its SNR agrees with ours to float32 rounding (tested)."""
+    the objective has ``acp[t]`` on its device already; its SNR agrees with ours to float32 rounding
+    (3.4e-7 relative at most over t = 0..999), not bit for bit (tests/test_train_objective.py)."""
     snr = alphas_cumprod_t / (1.0 - alphas_cumprod_t)
     return snr.clamp(max=float(gamma)) / snr
 
