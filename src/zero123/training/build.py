@@ -61,29 +61,29 @@ def sizes_config(cfg: ModelConfig, image_size: int | None = None):
     return mc.Zero123Config(unet=unet, vae=vae, clip=clip, variant=variant)
 
 
+def _load_folder(cls, path, key: str, kind: str):
+    """``cls.from_pretrained(path)`` of the folder named by ``model.<key>``, with one-line errors."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise Zero123Error(f"model.{key} {path}: not a {kind} folder (no config.json)")
+    try:
+        return cls.from_pretrained(path)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise Zero123Error(f"model.{key} {path}: cannot load ({str(exc).splitlines()[0]})") from None
+
+
 def load_vae_folder(path):
     """A diffusers ``AutoencoderKL`` folder (``config.json`` + weights)."""
     from diffusers import AutoencoderKL
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise Zero123Error(f"model.vae_from {path}: not a diffusers AutoencoderKL folder (no config.json)")
-    try:
-        return AutoencoderKL.from_pretrained(path)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise Zero123Error(f"model.vae_from {path}: cannot load ({str(exc).splitlines()[0]})") from None
+    return _load_folder(AutoencoderKL, path, "vae_from", "diffusers AutoencoderKL")
 
 
 def load_clip_folder(path):
+    """A transformers ``CLIPVisionModelWithProjection`` folder (``config.json`` + weights)."""
     from transformers import CLIPVisionModelWithProjection
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise Zero123Error(f"model.clip_from {path}: not a transformers CLIP vision folder (no config.json)")
-    try:
-        return CLIPVisionModelWithProjection.from_pretrained(path)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise Zero123Error(f"model.clip_from {path}: cannot load ({str(exc).splitlines()[0]})") from None
+    return _load_folder(CLIPVisionModelWithProjection, path, "clip_from", "transformers CLIP vision")
 
 
 def build_model(cfg: ModelConfig, image_size: int | None = None, seed: int | None = 0, device=None):
