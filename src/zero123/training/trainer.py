@@ -45,6 +45,13 @@ from .objectives import (DiffusionObjective, PairCollate, VAEObjective, apply_cf
                          warmup_factor)
 from .stages import STAGES, export_model, export_vae, sample_views, save_image_grid  # noqa: F401
 
+#: this module's loop and, re-exported, the public names of the modules it was split into
+__all__ = ["Trainer", "TrainResult", "train", "make_accelerator", "find_checkpoint", "vae_fingerprint",
+           "sizes_config", "build_model", "build_vae", "load_vae_folder", "load_clip_folder", "checkpoint_ema_unet",
+           "start_ema_from_checkpoint", "DiffusionObjective", "VAEObjective", "PairCollate", "apply_cfg_dropout",
+           "cfg_dropout_masks", "decay_factor", "draw_noise", "min_snr_weights", "vae_reconstruction_loss",
+           "warmup_factor", "export_model", "export_vae", "sample_views", "save_image_grid"]
+
 LOG_NAME = "log.jsonl"
 FINAL_DIR = "final"
 SAMPLES_DIR = "samples"
