@@ -59,6 +59,16 @@ def test_ssim_identical_constant_and_against_skimage():
                                     data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
         assert ours[i].item() == pytest.approx(ref, abs=1e-7)
     assert ssim(x, y).mean() < 0.95
+    # an 11x11 pair has one valid window: Wang et al.'s formula by hand with the normalised Gaussian weights
+    a, b = x[0, :, :11, :11], y[0, :, :11, :11]
+    g = torch.exp(-(torch.arange(11, dtype=torch.float64) - 5) ** 2 / (2 * 1.5 ** 2))
+    w = (g[:, None] * g[None, :]) / g.sum() ** 2
+    mu_a, mu_b = (w * a).sum((1, 2)), (w * b).sum((1, 2))
+    va, vb = (w * a * a).sum((1, 2)) - mu_a ** 2, (w * b * b).sum((1, 2)) - mu_b ** 2
+    cov = (w * a * b).sum((1, 2)) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    by_hand = ((2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (va + vb + c2))).mean()
+    assert ssim(a, b).item() == pytest.approx(by_hand.item(), abs=1e-9)
     with pytest.raises(Zero123Error, match="smaller than"):
         ssim(torch.zeros(3, 8, 8), torch.zeros(3, 8, 8))
 

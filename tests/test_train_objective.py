@@ -204,3 +204,18 @@ def test_decay_factor_cosine_and_linear_after_the_warmup():
     assert decay_factor(350, 100, 1100, "linear") == pytest.approx(0.75)
     with pytest.raises(Zero123Error, match="optim.decay"):
         decay_factor(1, 0, 10, "step")
+
+
+def test_lr_multipliers_equal_diffusers_get_scheduler_where_the_schedules_agree():
+    """warmup_factor x decay_factor is diffusers' get_scheduler with a warm-up from 0 and a decay to 0; ours also
+    starts at 1e-6 (LDM's f_start) and may end at final_lr_factor, which diffusers' schedules cannot."""
+    from diffusers.optimization import get_scheduler
+
+    warm, total = 10, 50
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    for kind, name in (("constant", "constant_with_warmup"), ("cosine", "cosine"), ("linear", "linear")):
+        theirs = get_scheduler(name, opt, num_warmup_steps=warm, num_training_steps=total).lr_lambdas[0]
+        for step in range(total + 1):
+            ours = warmup_factor(step, warm, 0.0) * decay_factor(step, warm, total, kind, 0.0)
+            assert ours == pytest.approx(theirs(step), rel=1e-12, abs=1e-15), (kind, step)
+    assert warmup_factor(0, warm) == pytest.approx(1e-6) and theirs(0) == 0.0  # the default start differs

@@ -19,7 +19,8 @@ def make_ddim_scheduler() -> DDIMScheduler:
 
 
 def make_ddpm_scheduler() -> DDPMScheduler:
-    """The training / SDS forward process (``add_noise``) with the same betas."""
+    """DDPM with the same betas: the source of ``alphas_cumprod`` (the training objective and SDS noise latents
+    with it themselves); the tests use its ``add_noise`` as the reference forward process."""
     return DDPMScheduler(**SCHEDULE_KWARGS)
 
 

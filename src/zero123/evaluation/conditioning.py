@@ -32,7 +32,7 @@ def conditioning_losses(model, dataset, num_pairs: int = 64, timesteps=(200, 500
     """``{variant: {t: loss}}`` (mean squared eps error) on the first ``num_pairs`` draws of ``dataset``
     (a ``ViewPairDataset``); ``model`` a ``Zero123Model`` (evaluated in float32 on its device)."""
     from ..camera import embedding_from_rt
-    from ..training.trainer import DiffusionObjective, PairCollate
+    from ..training.objectives import DiffusionObjective, PairCollate
 
     model = model.float().eval()
     objective = DiffusionObjective(model).eval()

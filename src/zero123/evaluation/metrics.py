@@ -5,7 +5,7 @@ image (``[B]``, float64). Higher is better for PSNR / SSIM, lower for LPIPS.
 
 * ``psnr``: ``10 log10(1 / MSE)`` over all pixels and channels; capped at :data:`PSNR_MAX_DB` for identical images.
 * ``ssim``: Wang et al. 2004 with an 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03, data range 1,
-  population covariances, averaged over the 'valid' interior (the window fully inside) and the channels. This is
+  population covariances, averaged over the 'valid' interior (the window fully inside) and the channels, computed by
   ``skimage.metrics.structural_similarity(a, b, channel_axis=-1, data_range=1, gaussian_weights=True,
   sigma=1.5, use_sample_covariance=False)``.
 * ``LPIPS`` (Zhang et al. 2018), AlexNet or VGG16 variant, implemented here in plain PyTorch (no torchvision). It
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import Zero123Error
@@ -58,32 +57,25 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(1.0 / mse.clamp_min(10 ** (-PSNR_MAX_DB / 10)))
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
+def ssim(pred: torch.Tensor, target: torch.Tensor, sigma: float = 1.5, k1: float = 0.01,
+         k2: float = 0.03) -> torch.Tensor:
+    """Structural similarity of images in [0,1]: ``[B]`` float64 (1 for identical images). See the module docstring.
 
+    Computed by ``skimage.metrics.structural_similarity`` per image on the CPU (its Gaussian window is
+    ``2 int(3.5 sigma + 0.5) + 1`` px wide: 11 for sigma 1.5). It gives the numbers of the earlier hand-written
+    conv2d version to 1e-16 and is ~40x faster on the CPU (4 x 256 px in float64: 0.18 s vs 6.8 s, under load).
+    """
+    from skimage.metrics import structural_similarity
 
-def ssim(pred: torch.Tensor, target: torch.Tensor, win_size: int = 11, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
-    """Structural similarity of images in [0,1]: ``[B]`` (1 for identical images). See the module docstring."""
     a, b = _pair(pred, target)
-    B, C, H, W = a.shape
+    win_size = 2 * int(3.5 * sigma + 0.5) + 1
+    H, W = a.shape[-2:]
     if H < win_size or W < win_size:
         raise Zero123Error(f"images of {H}x{W} px are smaller than the {win_size}x{win_size} SSIM window")
-    w = _gaussian_window(win_size, sigma).to(a.device)[None, None].expand(C, 1, win_size, win_size)
-
-    def filt(x):
-        return F.conv2d(x, w, groups=C)  # 'valid': only windows fully inside the image
-
-    mu_a, mu_b = filt(a), filt(b)
-    saa = filt(a * a) - mu_a ** 2
-    sbb = filt(b * b) - mu_b ** 2
-    sab = filt(a * b) - mu_a * mu_b
-    c1, c2 = (k1 * 1.0) ** 2, (k2 * 1.0) ** 2
-    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
-    return s.flatten(1).mean(1)
+    a, b = a.permute(0, 2, 3, 1).cpu().numpy(), b.permute(0, 2, 3, 1).cpu().numpy()  # [B,H,W,C]
+    return torch.tensor([structural_similarity(x, y, channel_axis=-1, data_range=1.0, gaussian_weights=True,
+                                               sigma=sigma, use_sample_covariance=False, K1=k1, K2=k2)
+                         for x, y in zip(a, b)], dtype=torch.float64)
 
 
 # ------------------------------------------------------------------------------------------------- LPIPS

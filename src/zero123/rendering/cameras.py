@@ -7,13 +7,12 @@ down its -z, +y up in the image). Angles are degrees, distances world units. Pix
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..camera import camera_to_world, fov_to_focal, position_from_spherical
+from ..camera import camera_to_world, position_from_spherical
 from ..errors import Zero123Error
 
 
@@ -117,15 +116,3 @@ def ray_bundle(c2w: torch.Tensor, fovy_deg, height: int, width: int | None = Non
     o = c2w[:, None, None, :3, 3].float().expand_as(d)
     return o, d
 
-
-def focal_length(fovy_deg: float, height: int) -> float:
-    """Focal length in pixels (same as :func:`zero123.camera.fov_to_focal`)."""
-    return fov_to_focal(fovy_deg, height)
-
-
-def fit_object_radius(fovy_deg: float, distance: float, fill: float = 0.8) -> float:
-    """Radius of a sphere at the origin whose silhouette spans ``fill`` of the image height."""
-    half = math.radians(fovy_deg) / 2
-    # silhouette half-angle a with sin(a) = r / d; want tan(a) = fill * tan(half)
-    a = math.atan(fill * math.tan(half))
-    return distance * math.sin(a)

@@ -297,8 +297,3 @@ def render_chunked(field, cameras: Cameras, height: int, width: int | None = Non
     return RenderOutput(rgb=cat("rgb"), opacity=cat("opacity"), depth=cat("depth"), comp_normal=cat("comp_normal"),
                         weights=e, ray_indices=e.long(), t_dirs=e, points=e)
 
-
-def step_size_for(radius: float, num_samples_per_ray: int) -> float:
-    """The recipe's render step: ``1.732 * 2 * radius / num_samples_per_ray`` world units."""
-    return 1.732 * 2 * radius / num_samples_per_ray
-
