@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import Zero123Error
-from ..utils.dataclass_config import apply_overrides, build_dataclass, read_config_file  # noqa: F401 (API)
+from ..utils.dataclass_config import apply_overrides, build_dataclass, read_config_file
 
 STAGES = ("diffusion", "vae")
 MIXED_PRECISION = ("no", "fp16", "bf16")
