@@ -85,6 +85,7 @@ def test_bad_config_is_a_one_line_error_naming_the_key(tmp_path, text, overrides
     with pytest.raises(Zero123Error, match=message) as info:
         preset_config("tiny", config_file=f, overrides=overrides)
     assert "\n" not in str(info.value)
+    assert str(info.value).startswith(str(f)) == bool(text.strip())   # the file is named only for its own errors
 
 
 def test_cli_print_config_and_errors(tmp_path, capsys):

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 from ..errors import Zero123Error
-from ..utils.dataclass_config import apply_overrides, build_dataclass, merge_config, read_config_file
 from ..export.mesh import MeshExtractionConfig
 from ..fields.nerf import FieldConfig
 from ..guidance.losses import LossWeights
 from ..guidance.sds import SDSConfig
 from ..rendering.volume import RenderSettings
+from ..utils.dataclass_config import apply_overrides, build_dataclass, merge_config, read_config_file
 
 PRESETS = ("default", "fast", "cpu", "tiny")
 
@@ -194,13 +194,11 @@ def preset_config(name: str = "default", steps: Optional[int] = None, device=Non
     data = preset_data(key)
     if config_file is not None:
         data = merge_config(data, read_config_file(config_file))
-    data = apply_overrides(data, overrides)
-    try:
-        cfg = ImageTo3DConfig.from_dict(data)
-    except Zero123Error as exc:
-        if config_file is None:
-            raise
-        raise Zero123Error(f"{config_file}: {exc}") from None
+        try:
+            ImageTo3DConfig.from_dict(data)  # the file's own errors name the file
+        except Zero123Error as exc:
+            raise Zero123Error(f"{config_file}: {exc}") from None
+    cfg = ImageTo3DConfig.from_dict(apply_overrides(data, overrides))
     if steps is not None:
         cfg.steps = int(steps)
     return cfg.validate()
