@@ -5,6 +5,7 @@ Examples::
     zero123 to3d chair.png --out chair3d                      # the bundled model (cpu preset on a CPU)
     zero123 to3d chair.png --checkpoint stable_zero123.ckpt --out chair3d
     zero123 to3d chair.png --checkpoint ckpt --out chair3d --preset fast --steps 200 --seed 1
+    zero123 to3d chair.png --out chair3d --preset fast --config my.yaml --set render.num_samples_per_ray=128
     zero123 to3d chair.png --checkpoint ckpt --out chair3d --resume chair3d     # continue after Ctrl-C
     zero123 to3d toy.png --checkpoint my_model.ckpt --variant stable_zero123 --input-elevation 15 --out toy3d
 
@@ -35,6 +36,14 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
                    help="auto (default): 'default' on a GPU, 'cpu' on a CPU; default: the recipe (600 steps); "
                         "fast: 300 steps at lower resolution; cpu: 200 small steps, minutes on a CPU; tiny: smoke tests")
     p.add_argument("--steps", type=int, default=None, help="number of optimisation steps (default: the preset's)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML/JSON of to3d config keys (any subset, e.g. a copy of zero123/assets/presets/"
+                        "default.yaml) applied on top of --preset")
+    p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", dest="overrides",
+                   help="override one config key on top of --preset and --config, value parsed as YAML, as "
+                        "`zero123 train` takes them (repeatable), e.g. --set render.num_samples_per_ray=128")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the config a new run would use (YAML, the --config schema) and exit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-elevation", type=float, default=None, metavar="DEG",
                    help="elevation of the photo's viewpoint in degrees (default: estimated from the photo with "
@@ -88,6 +97,18 @@ def interrupted_message(exc, command: str) -> str:
             f"resume with: {command}")
 
 
+def resolved_config(args):
+    """The run's ``ImageTo3DConfig``: --preset, then --config, --set and --steps (checked before any model work)."""
+    from ..errors import Zero123Error
+    from ..pipelines.image_to_3d_config import preset_config
+
+    if args.resume is not None and (args.config or args.overrides):
+        raise Zero123Error("--config and --set do not apply with --resume: a resumed run keeps its saved config "
+                           "(only --steps may extend it)")
+    return preset_config(args.preset, args.steps, device=args.device, config_file=args.config,
+                         overrides=args.overrides or ())
+
+
 def run(args) -> int:
     import sys
 
@@ -97,9 +118,16 @@ def run(args) -> int:
     renamed_elevation_error(args)
     if args.steps is not None and args.steps < 1:
         raise Zero123Error(f"--steps must be >= 1, got {args.steps}")
+    config = resolved_config(args)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
     foreground = foreground_kwargs(args, args.image)  # checked before the model is loaded
     try:
         result = to3d(args.image, args.checkpoint, args.out, preset=args.preset, steps=args.steps, seed=args.seed,
+                      config=config if (args.config or args.overrides) else None,
                       device=args.device, dtype=args.dtype, resume=args.resume,
                       input_elevation="auto" if args.input_elevation is None else args.input_elevation,
                       progress=not args.no_progress, variant=args.variant,

@@ -7,7 +7,12 @@ runs 300 steps at lower resolution (random views 64/128 px, reference 128/256 px
 a lighter mesh and video. ``cpu`` fits a laptop-class CPU with the small bundled model (200 steps, random views
 32/64 px in batches of 4/2, reference view 64 px, an 8-level hash grid, 64 samples per ray; about 1.1-1.4 s a step
 on 2 cores). ``tiny`` is for CPU tests with the tiny random model (a handful of steps, 16 px).
-``auto_preset(device)`` picks ``default`` on a GPU and ``cpu`` on a CPU.
+``auto_preset(device)`` picks ``default`` on a GPU and ``cpu`` on a CPU (the one device-dependent rule).
+
+The presets are data: ``zero123/assets/presets/<name>.yaml``. ``default.yaml`` spells out every key (the
+dataclass defaults below, which it must equal); the others list only the keys they change from it. They are
+read by the typed builder shared with the training configs (:mod:`zero123.utils.dataclass_config`), as are a
+user's ``zero123 to3d --config FILE`` and ``--set key=value`` overrides on top of a preset.
 
 Schedules and resolution milestones are written in *recipe steps* (``schedule_steps``, 600): a run of ``steps``
 steps evaluates them at the integer recipe step ``step * schedule_steps // steps``, so shorter runs follow the same
@@ -16,11 +21,10 @@ curves compressed, each value computed as threestudio computes it at that step.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
-from typing import Optional, Tuple
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
 
 from ..errors import Zero123Error
 from ..export.mesh import MeshExtractionConfig
@@ -28,6 +32,7 @@ from ..fields.nerf import FieldConfig
 from ..guidance.losses import LossWeights
 from ..guidance.sds import SDSConfig
 from ..rendering.volume import RenderSettings
+from ..utils.dataclass_config import apply_overrides, build_dataclass, merge_config, read_config_file
 
 PRESETS = ("default", "fast", "cpu", "tiny")
 
@@ -144,7 +149,9 @@ class ImageTo3DConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ImageTo3DConfig":
-        return _build(cls, data)
+        """The config of a mapping of its keys (any subset; a resumed run's saved ``to_dict()``), type-checked;
+        an unknown key is a one-line error naming it."""
+        return build_dataclass(cls, data)
 
 
 def _plain(x):
@@ -155,21 +162,13 @@ def _plain(x):
     return x
 
 
-def _build(cls, data):
-    kwargs = {}
-    hints = {f.name: f for f in dataclasses.fields(cls)}
-    for key, value in data.items():
-        if key not in hints:
-            raise Zero123Error(f"unknown image-to-3D config key {cls.__name__}.{key}")
-        default = hints[key].default_factory() if hints[key].default_factory is not dataclasses.MISSING \
-            else hints[key].default
-        if dataclasses.is_dataclass(default):
-            kwargs[key] = _build(type(default), value)
-        elif isinstance(default, tuple) and isinstance(value, list):
-            kwargs[key] = tuple(value)
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
+def preset_data(name: str) -> dict:
+    """The raw mapping of a preset: ``default.yaml`` (every key) updated by ``<name>.yaml`` (what it changes)."""
+    from importlib.resources import files
+
+    folder = Path(str(files("zero123") / "assets" / "presets"))
+    data = read_config_file(folder / "default.yaml")
+    return data if name == "default" else merge_config(data, read_config_file(folder / f"{name}.yaml"))
 
 
 def auto_preset(device=None) -> str:
@@ -181,48 +180,25 @@ def auto_preset(device=None) -> str:
     return "default" if str(device).startswith("cuda") else "cpu"
 
 
-def preset_config(name: str = "default", steps: Optional[int] = None, device=None) -> ImageTo3DConfig:
-    """The named preset (``default``, ``fast``, ``cpu``, ``tiny``, or ``auto``: :func:`auto_preset` of
-    ``device``), optionally with a different number of steps."""
+def preset_config(name: str = "default", steps: Optional[int] = None, device=None, config_file=None,
+                  overrides: Sequence[str] = ()) -> ImageTo3DConfig:
+    """The named preset (``default``, ``fast``, ``cpu``, ``tiny``: ``zero123/assets/presets/<name>.yaml``, or
+    ``auto``: :func:`auto_preset` of ``device``), then, each on top of the one before: ``config_file`` (a YAML/JSON
+    file of the same keys, any subset), dotted ``key=value`` ``overrides`` (values parsed as YAML, as
+    ``zero123 train`` takes them) and ``steps``. Unknown keys and ill-typed values are one-line errors."""
     key = str(name).strip().lower()
     if key == "auto":
         key = auto_preset(device)
     if key not in PRESETS:
         raise Zero123Error(f"unknown preset {name!r}: use auto or one of {', '.join(PRESETS)}")
-    cfg = ImageTo3DConfig(preset=key)
-    if key == "fast":
-        cfg.steps = 300
-        cfg.render = RenderSettings(num_samples_per_ray=256)
-        cfg.cameras = CameraConfig(resolutions=(64, 128), batch_sizes=(8, 4), reference_resolutions=(128, 256),
-                                   milestones=(200,))
-        cfg.reference_image_size = 256
-        cfg.export = ExportConfig(mesh=MeshExtractionConfig(resolution=192, coarse_resolution=48),
-                                  max_faces=15000, texture_size=512, video_frames=60, video_size=256, gif_frames=30)
-    elif key == "cpu":
-        cfg.steps = 200
-        cfg.checkpoint_every = 50
-        cfg.reference_image_size = 128
-        cfg.field = FieldConfig(n_levels=8, log2_hashmap_size=15, base_resolution=16, mlp_width=32,
-                                mlp_hidden_layers=1)
-        cfg.render = RenderSettings(num_samples_per_ray=64)
-        cfg.occupancy = OccupancyConfig(resolution=32, update_every=8)
-        cfg.cameras = CameraConfig(resolutions=(32, 64), batch_sizes=(4, 2), reference_resolutions=(64, 64),
-                                   milestones=(300,))
-        cfg.export = ExportConfig(mesh=MeshExtractionConfig(resolution=128, coarse_resolution=32),
-                                  max_faces=10000, texture_size=512, video_frames=60, video_size=128, video_fps=20,
-                                  gif_frames=30, gif_size=128, preview_size=128)
-    elif key == "tiny":
-        cfg.steps = 4
-        cfg.checkpoint_every = 2
-        cfg.reference_image_size = 64
-        cfg.field = FieldConfig(n_levels=4, log2_hashmap_size=12, base_resolution=8, per_level_scale=1.5,
-                                mlp_width=16, mlp_hidden_layers=1)
-        cfg.render = RenderSettings(num_samples_per_ray=64)
-        cfg.occupancy = OccupancyConfig(resolution=16, update_every=2)
-        cfg.cameras = CameraConfig(resolutions=(16,), batch_sizes=(2,), reference_resolutions=(16,), milestones=())
-        cfg.export = ExportConfig(mesh=MeshExtractionConfig(resolution=32, coarse_resolution=16),
-                                  max_faces=2000, texture_size=64, video_frames=4, video_size=32, video_fps=8,
-                                  gif_frames=4, gif_size=32, preview_size=32)
+    data = preset_data(key)
+    if config_file is not None:
+        data = merge_config(data, read_config_file(config_file))
+        try:
+            ImageTo3DConfig.from_dict(data)  # the file's own errors name the file
+        except Zero123Error as exc:
+            raise Zero123Error(f"{config_file}: {exc}") from None
+    cfg = ImageTo3DConfig.from_dict(apply_overrides(data, overrides))
     if steps is not None:
         cfg.steps = int(steps)
-    return copy.deepcopy(cfg).validate()
+    return cfg.validate()

@@ -11,16 +11,12 @@ Zero123 itself trained with a global batch of 192 at lr 1e-4 (``cc_projection`` 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..errors import Zero123Error
+from ..utils.dataclass_config import apply_overrides, build_dataclass, read_config_file
 
 STAGES = ("diffusion", "vae")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -292,118 +288,12 @@ class TrainConfig:
 # loading
 
 
-def _field_types(cls) -> dict:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _coerce(value: Any, annotation, where: str):
-    """Check/convert a parsed YAML value against a dataclass field annotation (scalars, dicts, tuples)."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise Zero123Error(f"config: {where} must be a mapping, got {type(value).__name__}")
-        return _build(annotation, value, where)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise Zero123Error(f"config: {where} must be true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise Zero123Error(f"config: {where} must be an integer, got {value!r}")
-        return int(value)
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise Zero123Error(f"config: {where} must be a number, got {value!r}")
-        try:
-            return float(value)  # YAML reads "1e-4" (no dot) as a string
-        except ValueError:
-            raise Zero123Error(f"config: {where} must be a number, got {value!r}") from None
-    if annotation is str:
-        if isinstance(value, (dict, list)):
-            raise Zero123Error(f"config: {where} must be a string, got {value!r}")
-        return str(value)
-    if annotation is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise Zero123Error(f"config: {where} must be a mapping, got {value!r}")
-        return copy.deepcopy(value)
-    if annotation is tuple or origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise Zero123Error(f"config: {where} must be a list, got {value!r}")
-        return tuple(float(v) for v in value)
-    return value
-
-
-def _build(cls, data: dict, where: str = ""):
-    types = _field_types(cls)
-    unknown = sorted(set(data) - set(types))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise Zero123Error(f"config: unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(types))})")
-    kwargs = {k: _coerce(v, types[k], f"{where + '.' if where else ''}{k}") for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _parse_override(text: str) -> tuple[list[str], Any]:
-    import yaml
-
-    if "=" not in text:
-        raise Zero123Error(f"override {text!r} is not key=value (e.g. optim.lr=3e-5)")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise Zero123Error(f"override {text!r} has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
-
-
-def read_config_file(path) -> dict:
-    """The raw mapping of a ``.yaml``/``.yml``/``.json`` config file."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise Zero123Error(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise Zero123Error(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: "
-                           f"{first}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise Zero123Error(f"{path}: the top level must be a mapping of config keys")
-    return data
-
-
 def config_from_dict(data: dict, overrides: list[str] | tuple = ()) -> TrainConfig:
     """A validated ``TrainConfig`` from a mapping and dotted ``key=value`` overrides (values parsed as YAML)."""
-    data = copy.deepcopy(data)
-    for text in overrides:
-        keys, value = _parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            nxt = node.get(k)
-            if nxt is None:
-                nxt = node[k] = {}
-            if not isinstance(nxt, dict):
-                raise Zero123Error(f"override {text!r}: {k} is not a section")
-            node = nxt
-        node[keys[-1]] = value
+    data = apply_overrides(data, overrides)
     if data.get("mixed_precision") is False:  # YAML 1.1 reads a bare `no` as false
         data["mixed_precision"] = "no"
-    return _build(TrainConfig, data).validate()
+    return build_dataclass(TrainConfig, data).validate()
 
 
 def load_config(path, overrides: list[str] | tuple = ()) -> TrainConfig:
