@@ -138,3 +138,19 @@ def test_to3d_rerun_in_a_text_to_3d_folder_keeps_its_images(model, tmp_path):
     shutil.rmtree(out / "candidates")
     to3d(out / "input_rgba.png", out_dir=out, preset="tiny", steps=1, model=model, progress=False, export=False)
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "input_rgba.png", "mask.png", "result.json"]
+
+
+def test_resume_command_repeats_the_options_that_shape_the_input():
+    """The printed resume command carries the mask / matting / original-config options of the run (the reference view
+    is prepared again on resume), and leaves the mask out for text-to-3d's cut-out input_rgba.png."""
+    import argparse
+
+    from zero123.commands.to3d import resume_command
+
+    args = argparse.Namespace(checkpoint="m.ckpt", variant=None, steps=None, device=None, dtype=None,
+                              original_config="cfg.yaml", segmentation="auto", mask="my mask.png",
+                              matting_model=None, matting_kind="auto")
+    cmd = resume_command("photo.png", "out", args)
+    assert cmd == ("zero123 to3d photo.png --out out --resume out --checkpoint m.ckpt --original-config cfg.yaml "
+                   "--mask 'my mask.png'")
+    assert "--mask" not in resume_command("out/input_rgba.png", "out", args, foreground=False)

@@ -114,7 +114,8 @@ def run(args) -> int:
             original_config=args.original_config,
         )
     except Interrupted as exc:
-        command = resume_command(exc.out_dir / INPUT_RGBA_NAME, exc.out_dir, args)
+        # the 3D stage continues from the cut-out input_rgba.png: the photo's mask options do not apply to it
+        command = resume_command(exc.out_dir / INPUT_RGBA_NAME, exc.out_dir, args, foreground=False)
         print(interrupted_message(exc, command), file=sys.stderr)
         return 130
     print(f"candidates: {result.scores_path.parent}  (chosen {result.chosen:02d} by {result.chosen_by}, "

@@ -71,17 +71,16 @@ def renamed_elevation_error(args):
                            "--elevation is views' change of elevation)")
 
 
-def resume_command(image, out_dir, args) -> str:
-    """The exact ``zero123 to3d`` command line that continues an interrupted run into ``out_dir``."""
+def resume_command(image, out_dir, args, foreground: bool = True) -> str:
+    """The exact ``zero123 to3d`` command line that continues an interrupted run into ``out_dir``; with
+    ``foreground``, the photo's mask / matting options too (not for an ``input_rgba.png`` already cut out)."""
     import shlex
 
     cmd = ["zero123", "to3d", str(image), "--out", str(out_dir), "--resume", str(out_dir)]
     for flag, value in (("--checkpoint", args.checkpoint), ("--variant", args.variant), ("--steps", args.steps),
                         ("--device", args.device), ("--dtype", args.dtype),
-                        ("--segmentation", _unless(getattr(args, "segmentation", None), "auto")),
-                        ("--mask", getattr(args, "mask", None)),
-                        ("--matting-model", getattr(args, "matting_model", None)),
-                        ("--matting-kind", _unless(getattr(args, "matting_kind", None), "auto"))):
+                        ("--original-config", getattr(args, "original_config", None)),
+                        *(_foreground_flags(args) if foreground else ())):
         if value is not None:
             cmd += [flag, str(value)]
     return " ".join(shlex.quote(c) for c in cmd)
@@ -89,6 +88,13 @@ def resume_command(image, out_dir, args) -> str:
 
 def _unless(value, default):
     return None if value == default else value
+
+
+def _foreground_flags(args):
+    return (("--segmentation", _unless(getattr(args, "segmentation", None), "auto")),
+            ("--mask", getattr(args, "mask", None)),
+            ("--matting-model", getattr(args, "matting_model", None)),
+            ("--matting-kind", _unless(getattr(args, "matting_kind", None), "auto")))
 
 
 def interrupted_message(exc, command: str) -> str:

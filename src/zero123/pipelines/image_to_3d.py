@@ -468,7 +468,7 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         cfg.validate()
         from ..elevation import is_auto
 
-        auto_elevation = state is None and is_auto(input_elevation)
+        auto_elevation = is_auto(input_elevation)  # estimated once the input is prepared (never on resume)
         if input_elevation is not None and not auto_elevation:
             from ..camera import check_elevation
 
@@ -502,7 +502,7 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         reference = prepare_reference(image, cfg.reference_image_size, model.image_size, cfg.recentre_input,
                                       matting_model=matting_model, mask=mask, segmentation=segmentation)
         estimate = None
-        if state is None and auto_elevation:
+        if auto_elevation:
             from ..elevation import describe, estimate_input_elevation
 
             estimate = estimate_input_elevation(model, reference.condition, seed=seed)
@@ -570,5 +570,4 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
 
 
 __all__ = ["to3d", "Interrupted", "ImageTo3DResult", "ImageTo3DTrainer", "ReferenceImage", "prepare_reference",
-           "condition_image",
-           "export_results", "load_checkpoint", "checkpoint_path"]
+           "condition_image", "export_results", "load_checkpoint", "checkpoint_path"]
