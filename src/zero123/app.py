@@ -31,8 +31,14 @@ from typing import Callable, Iterator, Optional
 from .errors import Zero123Error
 
 MODEL_QUEUE = "model"  # gradio concurrency id shared by every job that uses the diffusion model
-TO3D_PRESETS = ("auto", "cpu", "fast", "default", "tiny")
 INPUT_NAME = "input_rgba.png"
+
+
+def to3d_presets() -> tuple[str, ...]:
+    """``auto`` and the packaged to3d presets (``image_to_3d_config.PRESETS``), for the page's preset choice."""
+    from .pipelines.image_to_3d_config import PRESETS
+
+    return ("auto",) + tuple(PRESETS)
 
 
 def import_gradio():
@@ -204,8 +210,9 @@ class Zero123App:
         return p
 
     # ----- handlers --------------------------------------------------------------------------------------------
-    def check_upload(self, path) -> None:
-        """Byte and pixel limits, checked from the file size and the image header before decoding."""
+    def check_upload(self, path):
+        """Byte and pixel limits, checked from the file size and the image header before decoding; returns the
+        image, read by ``preprocessing.load_image`` (the CLI's reader and messages)."""
         from PIL import Image, UnidentifiedImageError
 
         from .preprocessing import load_image
@@ -224,20 +231,16 @@ class Zero123App:
         if w * h > self.config.max_pixels:
             raise Zero123Error(f"{path.name} has {w}x{h} pixels, over the limit of {self.config.max_pixels:,} "
                                f"pixels (a decompression bomb or a very large photo: downscale it)")
-        try:
-            load_image(path)
-        except Image.DecompressionBombError:
-            raise Zero123Error(f"{path.name} decompresses to too many pixels (a decompression bomb?)") from None
+        return load_image(path)  # its own MAX_PIXELS check turns PIL's decompression-bomb errors into one line
 
     def prepare(self, session: str, upload) -> Path:
         """Check and prepare an uploaded photo (mask, recentred at 0.8 on transparent): the session's
         ``input_rgba.png`` (written atomically), shown in the page on white."""
         from .commands._common import atomic_save_image
-        from .preprocessing import load_image, prepare_input_image
+        from .preprocessing import prepare_input_image
 
         self.cleanup()
-        self.check_upload(upload)
-        image = load_image(upload)
+        image = self.check_upload(upload)
         size = max(256, self.pipeline.model.image_size)
         prep = prepare_input_image(image, size=size, matting=self._matting_model())
         out = self.session_dir(session) / INPUT_NAME
@@ -294,8 +297,8 @@ class Zero123App:
         ``callback(step, total, losses)`` after each step; :meth:`cancel` stops it with its checkpoint kept."""
         from .pipelines.image_to_3d import checkpoint_path, to3d
 
-        if preset not in TO3D_PRESETS:
-            raise Zero123Error(f"unknown preset {preset!r}: use one of {', '.join(TO3D_PRESETS)}")
+        if preset not in to3d_presets():
+            raise Zero123Error(f"unknown preset {preset!r}: use one of {', '.join(to3d_presets())}")
         if steps is not None and int(steps) < 1:
             raise Zero123Error(f"steps must be >= 1, got {steps}")
         src = self.input_path(session)
@@ -481,7 +484,7 @@ def build_app(config: AppConfig | None = None, app: Zero123App | None = None):
 
         with gr.Tab("Image-to-3D"):
             with gr.Row():
-                preset = gr.Dropdown(list(TO3D_PRESETS), value="auto", label="Preset", elem_id="preset")
+                preset = gr.Dropdown(list(to3d_presets()), value="auto", label="Preset", elem_id="preset")
                 t_steps = gr.Number(value=0, precision=0, label="Steps (0: the preset's)", elem_id="t_steps")
                 t_seed = gr.Number(value=0, precision=0, label="Seed")
             with gr.Row():
