@@ -121,13 +121,19 @@ def test_pipeline_auto_input_elevation(stable_pipe):
     assert relative(object_rgba(), [0.0], [90.0], input_elevation="auto", **kw).elevation_estimate is None
 
 
-def test_views_cli_prints_and_records_the_estimate(tmp_path, fixtures_dir, capsys):
+def test_views_cli_prints_and_records_the_estimate(tmp_path, fixtures_dir, capsys, monkeypatch):
     from zero123.cli import main
 
     object_rgba().save(tmp_path / "obj.png")
     base = ["views", str(tmp_path / "obj.png"), "--checkpoint", str(fixtures_dir / "tiny_zero123_ldm.ckpt"),
             "--variant", "stable_zero123", "--azimuth", "90", "--steps", "2"]
+    import zero123.pipelines.zero123_pipeline as zp
+
+    calls = []
+    real_prepare = zp.prepare_input_image
+    monkeypatch.setattr(zp, "prepare_input_image", lambda *a, **k: calls.append(1) or real_prepare(*a, **k))
     assert main(base + ["--out", str(tmp_path / "a")]) == 0
+    assert len(calls) == 1  # the photo is prepared once, for the estimate and the views alike
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("input elevation")]
     meta = json.loads((tmp_path / "a" / "views.json").read_text())
     assert meta["input_elevation_source"] == "estimated"

@@ -78,7 +78,7 @@ def run(args) -> int:
     radii = _broadcast(args.radius, n, "radius")
     pipe = load_pipeline(args.checkpoint, args.variant, dtype, device, weights_variant=args.weights_variant,
                          original_config=args.original_config)
-    input_elevation, estimate = args.input_elevation, None
+    input_elevation, estimate, prepared = args.input_elevation, None, None
     if input_elevation is None and pipe.needs_input_elevation():
         from ..elevation import describe, estimate_input_elevation
 
@@ -93,7 +93,7 @@ def run(args) -> int:
     if args.fast:
         pipe.enable_fast_path()
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    out = pipe(image, elevations, azimuths, radii, input_elevation=input_elevation,
+    out = pipe(image if prepared is None else prepared, elevations, azimuths, radii, input_elevation=input_elevation,
                num_inference_steps=args.steps, guidance_scale=args.guidance_scale, eta=args.eta,
                generator=generator, recentre=not args.no_recentre, progress=True, **foreground)
     out_dir = Path(args.out).expanduser()

@@ -160,7 +160,11 @@ class Zero123Pipeline:
     def prepare_image(self, image, matting=None, recentre: bool = True, *, matting_model=None, mask=None,
                       segmentation: str = "auto") -> PreparedImage:
         """Path / PIL / array -> recentred, white-background input at the model's image size (foreground from
-        ``segmentation`` / ``mask`` / ``matting_model``: see ``zero123.preprocessing.prepare_input_image``)."""
+        ``segmentation`` / ``mask`` / ``matting_model``: see ``zero123.preprocessing.prepare_input_image``). A
+        ``PreparedImage`` (this method's own result) is returned as it is, so a caller that prepared the input once
+        (e.g. to estimate its elevation first) can sample from it without segmenting the photo again."""
+        if isinstance(image, PreparedImage):
+            return image
         return prepare_input_image(image, size=self.model.image_size, matting=matting, recentre=recentre,
                                    matting_model=matting_model, mask=mask, method=segmentation)
 
