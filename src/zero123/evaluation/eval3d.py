@@ -472,15 +472,9 @@ def evaluate_3d(root, out_dir, cfg: Optional[Eval3DConfig] = None, *, checkpoint
     key = _jsonable(cfg.cache_key())
     key["checkpoint"] = str(checkpoint) if checkpoint else "bundled"
     if "model" in cfg.rows and not cfg.cached_only and model is None:
-        from ..loading import load_model
-        from ..pipelines.image_to_3d import _resolve_device, _resolve_dtype
+        from ..pipelines.image_to_3d import load_guidance_model
 
-        dev = _resolve_device(device, None)
-        model = load_model(checkpoint, variant=variant, device=dev, dtype=_resolve_dtype(dtype, dev))
-        if dev.type == "cuda":
-            from ..models.optimizations import optimize_for_inference
-
-            optimize_for_inference(model)
+        model = load_guidance_model(checkpoint, variant=variant, device=device, dtype=dtype)
     rec_device = model.device if model is not None else (device or "cpu")
     if cfg.preset == "auto":  # record the preset that runs (cpu or default), as to3d picks it
         from dataclasses import replace

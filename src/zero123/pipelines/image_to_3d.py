@@ -376,6 +376,21 @@ def _resolve_device(device, model):
     return dev
 
 
+def load_guidance_model(checkpoint=None, *, variant=None, device=None, dtype=None, original_config=None):
+    """The Zero123 model that ``to3d`` guides with (``checkpoint`` None: the bundled one), on ``device`` (default:
+    CUDA when available) in ``dtype`` (default fp16 on CUDA, fp32 on CPU), inference-optimised on CUDA."""
+    from ..loading import load_model
+
+    dev = _resolve_device(device, None)
+    model = load_model(checkpoint, variant=variant, device=dev, dtype=_resolve_dtype(dtype, dev),
+                       original_config=original_config)
+    if dev.type == "cuda":
+        from ..models.optimizations import optimize_for_inference
+
+        optimize_for_inference(model)
+    return model
+
+
 def _resolve_dtype(dtype, device: torch.device):
     if dtype is None:
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -484,14 +499,8 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         mask = None if mask is None else load_mask(mask, _as_pil(image).size)
         matting_model = resolve_matting(matting_model)
     if model is None:
-        from ..loading import load_model
-
-        model = load_model(checkpoint, variant=variant, device=dev, dtype=_resolve_dtype(dtype, dev),
-                           original_config=original_config)
-        if dev.type == "cuda":
-            from ..models.optimizations import optimize_for_inference
-
-            optimize_for_inference(model)
+        model = load_guidance_model(checkpoint, variant=variant, device=dev, dtype=dtype,
+                                    original_config=original_config)
     elif variant is not None and getattr(model.variant, "value", model.variant) != variant:
         raise Zero123Error(f"variant {variant!r} given but the loaded model is {model.variant.value}")
     model.eval()
@@ -570,4 +579,4 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
 
 
 __all__ = ["to3d", "Interrupted", "ImageTo3DResult", "ImageTo3DTrainer", "ReferenceImage", "prepare_reference",
-           "condition_image", "export_results", "load_checkpoint", "checkpoint_path"]
+           "condition_image", "export_results", "load_checkpoint", "checkpoint_path", "load_guidance_model"]
