@@ -123,26 +123,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _torch_dtype(dtype, device):
-    import torch
-
-    if dtype is None:
-        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-             "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if str(dtype).lower() not in table:
-        raise Zero123Error(f"unknown dtype {dtype!r}: use fp32, fp16 or bf16")
-    return table[str(dtype).lower()]
-
-
-def _default_device():
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def check_sdxl_folder(folder: Path) -> dict:
     """Read ``folder/model_index.json`` and check it describes a text-to-image SDXL pipeline; returns the index."""
     index_path = folder / "model_index.json"
@@ -245,11 +225,12 @@ def load_sdxl_pipeline(path: str | os.PathLike, *, config: str | os.PathLike | N
     dtype: default fp16 on CUDA, fp32 on CPU. cpu_offload: ``enable_model_cpu_offload`` (each network moves to
     the GPU only while it runs: SDXL then fits in ~5 GB of GPU memory); ignored on CPU.
     """
-    import torch
 
     path, config = check_model_path(path, config)
-    device = torch.device(device or _default_device())
-    kwargs = dict(torch_dtype=_torch_dtype(dtype, device), local_files_only=True)
+    from .utils.device import resolve_device, resolve_dtype
+
+    device = resolve_device(device)
+    kwargs = dict(torch_dtype=resolve_dtype(dtype, device), local_files_only=True)
     try:
         from diffusers import StableDiffusionXLPipeline
 

@@ -100,15 +100,12 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_device_dtype(args):
-    import torch
+    """``args.device`` / ``args.dtype`` (the model options) as a ``torch.device`` and ``torch.dtype``
+    (:mod:`zero123.utils.device`'s defaults and one-line errors)."""
+    from ..utils.device import resolve_device, resolve_dtype
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("fp16" if str(device).startswith("cuda") else "fp32")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        from ..errors import Zero123Error
-
-        raise Zero123Error(f"--device {device} requested but CUDA is not available on this machine")
-    return device, dtype
+    device = resolve_device(args.device)
+    return device, resolve_dtype(args.dtype, device)
 
 
 def load_pipeline(checkpoint, variant, dtype, device, *, weights_variant=None, original_config=None):

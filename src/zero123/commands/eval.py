@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_model_options, add_sampling_options, resolve_device_dtype
+from ._common import add_model_options, add_sampling_options, load_pipeline, resolve_device_dtype
 
 EPILOG = """examples:
   zero123 eval --data data/proc --out eval.json                       # the bundled model
@@ -66,15 +66,10 @@ def run(args) -> int:
     predict, size, name, autoencode = None, args.image_size or manifest.image_size, "model", None
     settings = {}
     if not args.baselines_only:
-        from ..pipelines.zero123_pipeline import Zero123Pipeline
-
         device, dtype = resolve_device_dtype(args)
         ckpt = args.checkpoint
-        pipe = Zero123Pipeline.from_pretrained(ckpt, variant=args.variant, dtype=dtype, device=device,
-                                               weights_variant=args.weights_variant) \
-            if ckpt is None or Path(ckpt).is_dir() else \
-            Zero123Pipeline.from_single_file(ckpt, variant=args.variant, dtype=dtype, device=device,
-                                             original_config=args.original_config)
+        pipe = load_pipeline(ckpt, args.variant, dtype, device, weights_variant=args.weights_variant,
+                             original_config=args.original_config)
         size = args.image_size or pipe.model.image_size
         if args.noise_scale is not None:
             pipe.noise_scale = args.noise_scale
@@ -88,7 +83,7 @@ def run(args) -> int:
                     "guidance_scale": args.guidance_scale, "eta": args.eta, "noise_scale": pipe.noise_scale,
                     "timestep_spacing": pipe.timestep_spacing,
                     "samples_per_view": args.samples,
-                    "device": str(device), "dtype": dtype}
+                    "device": str(device), "dtype": str(dtype).removeprefix("torch.")}
         if lpips is not None:
             lpips.to(device)
     result = evaluate(predict, args.data, pairs, size, lpips=lpips, method_name=name, progress=not args.quiet,

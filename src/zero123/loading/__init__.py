@@ -17,6 +17,7 @@ import torch
 from ..camera import ConditioningVariant
 from ..errors import CheckpointError
 from ..models.configs import Zero123Config
+from ..utils.device import resolve_dtype
 from .int8_weights import dequantize_state_dict, quantize_state_dict
 from .ldm_checkpoint import (check_sidecar, config_from_ldm, convert_openai_clip_visual, convert_unet, convert_vae,
                              detect_variant, read_original_config, read_sidecar, split_ldm_state_dict)
@@ -49,16 +50,6 @@ def bundled_model_path() -> Path:
     return BUNDLED_MODEL_DIR
 
 
-def _torch_dtype(dtype) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-             "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if str(dtype).lower() not in table:
-        raise CheckpointError(f"unknown dtype {dtype!r}: use fp32, fp16 or bf16")
-    return table[str(dtype).lower()]
-
-
 def _assign_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> None:
     """Strict load with one-line errors for missing / unexpected keys and shape mismatches."""
     expected = module.state_dict()
@@ -84,7 +75,7 @@ def _build_empty(config: Zero123Config):
 
 
 def _finish(model, dtype, device):
-    dtype = _torch_dtype(dtype) or torch.float32
+    dtype = torch.float32 if dtype is None else resolve_dtype(dtype)
     return model.to(device=device or "cpu", dtype=dtype).eval().requires_grad_(False)
 
 

@@ -35,6 +35,7 @@ from ..guidance.losses import mask_loss, reference_rgb_loss, regularisers
 from ..guidance.sds import SDSGuidance
 from ..rendering.cameras import orbit_cameras, sample_cameras, turntable_cameras
 from ..rendering.volume import render, render_chunked
+from ..utils.device import resolve_device, resolve_dtype
 from .image_to_3d_config import ImageTo3DConfig, preset_config
 
 CHECKPOINT_NAME = "state.pt"
@@ -362,46 +363,19 @@ def export_results(trainer: ImageTo3DTrainer, out_dir: Path, result: ImageTo3DRe
 
 
 # ----- entry point -------------------------------------------------------------------------------------------
-def _resolve_device(device, model):
-    if model is not None:
-        return model.device
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise Zero123Error(f"unknown device {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise Zero123Error("device 'cuda' requested but CUDA is not available")
-    return dev
-
-
 def load_guidance_model(checkpoint=None, *, variant=None, device=None, dtype=None, original_config=None):
     """The Zero123 model that ``to3d`` guides with (``checkpoint`` None: the bundled one), on ``device`` (default:
     CUDA when available) in ``dtype`` (default fp16 on CUDA, fp32 on CPU), inference-optimised on CUDA."""
     from ..loading import load_model
 
-    dev = _resolve_device(device, None)
-    model = load_model(checkpoint, variant=variant, device=dev, dtype=_resolve_dtype(dtype, dev),
+    dev = resolve_device(device)
+    model = load_model(checkpoint, variant=variant, device=dev, dtype=resolve_dtype(dtype, dev),
                        original_config=original_config)
     if dev.type == "cuda":
         from ..models.optimizations import optimize_for_inference
 
         optimize_for_inference(model)
     return model
-
-
-def _resolve_dtype(dtype, device: torch.device):
-    if dtype is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-             "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    key = str(dtype).lower().replace("torch.", "")
-    if key not in table:
-        raise Zero123Error(f"unknown dtype {dtype!r}: use fp32, fp16 or bf16")
-    return table[key]
 
 
 def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: Optional[int] = None,
@@ -468,7 +442,7 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         from ..preprocessing import load_image
 
         image = load_image(image)  # a bad image fails now, not after loading the model
-    dev = _resolve_device(device, model)
+    dev = model.device if model is not None else resolve_device(device)
     state = load_checkpoint(resume) if resume is not None else None
     auto_elevation = False
     if state is not None:
