@@ -85,7 +85,7 @@ def rasterize_gaussians(means2d: torch.Tensor, conics: torch.Tensor, depths: tor
         Triton path computes in float32).
     """
     b, n = _check_inputs(means2d, conics, depths, opacities, colors, background, height, width, radii, backend)
-    if _use_triton(backend, means2d):
+    if _use_triton(backend, means2d) and n > 0:
         return _TritonRasterize.apply(means2d, conics, depths, opacities, colors, background, int(height),
                                       int(width), radii)
     return _rasterize_dense(means2d, conics, depths, opacities, colors, background, int(height), int(width), radii,
