@@ -146,9 +146,11 @@ def test_densify_counts_and_optimizer_consistency():
     stats = densify_and_prune(m, opt, cfg, torch.Generator().manual_seed(3))
     # hot (mean grad >= 0.5): 0, 2, 3, all with scales <= percent_dense * extent = 0.05: cloned; 5 pruned
     assert stats == {"cloned": 3, "split": 0, "pruned": 1, "total": 8}
-    assert [g["params"][0] is p for g, p in zip(opt.param_groups, params)] == [True] * 5
-    for p in params:
-        old_p, old_m = before[id(p)]
+    new_params = [m.means, m.log_scales, m.quats, m.opacity_logits, m.sh0]
+    assert [g["params"][0] is p for g, p in zip(opt.param_groups, new_params)] == [True] * 5
+    assert len(opt.state) == 5 and set(map(id, opt.state)) == set(map(id, new_params))
+    for old, p in zip(params, new_params):
+        old_p, old_m = before[id(old)]
         st = opt.state[p]
         assert st["exp_avg"].shape == p.shape == st["exp_avg_sq"].shape
         assert torch.equal(p.detach()[:5], old_p[:5]) and torch.equal(st["exp_avg"][:5], old_m[:5])

@@ -13,8 +13,9 @@
   so it never prunes anything; it is left out here.)
 * **Opacity reset** every ``opacity_reset_interval`` steps: opacities above 0.01 are set to 0.01.
 
-The optimiser (Adam) is edited in place: the same ``nn.Parameter`` objects get new ``.data``, their
-``exp_avg``/``exp_avg_sq`` rows follow the kept Gaussians, and new Gaussians start with zero moments.
+The optimiser (Adam) is edited in place: each resized parameter is a new ``nn.Parameter`` in the old one's place in
+its param group (and on the model), its ``exp_avg``/``exp_avg_sq`` rows follow the kept Gaussians, and new
+Gaussians start with zero moments (``GaussianModel.set_tensors``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def rebuild(model: GaussianModel, optimizer: Optional[torch.optim.Optimizer], ke
     """Keep the Gaussians ``keep`` (bool mask [N] or index tensor), then append ``extra`` (``{param name:
     [M,...]}`` for every parameter, M new Gaussians). Optimiser moments follow (kept rows) or start at zero (new
     rows); statistics of kept Gaussians are kept, new ones start at zero."""
-    tensors = {}
+    tensors, moments = {}, {}
     m = 0 if not extra else extra["means"].shape[0]
     for name in PARAM_NAMES + STAT_NAMES:
         old = getattr(model, name).data
@@ -58,22 +59,22 @@ def rebuild(model: GaussianModel, optimizer: Optional[torch.optim.Optimizer], ke
     if optimizer is not None:
         for name in PARAM_NAMES:
             p = getattr(model, name)
-            state = optimizer.state.get(p)
-            if not state:
-                continue
-            for key, value in list(state.items()):
-                if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == p.shape[0]:
-                    state[key] = torch.cat([value[keep], value.new_zeros((m, *value.shape[1:]))], 0)
-    model.set_tensors(tensors)
+            state = optimizer.state.get(p) or {}
+            moments[name] = {key: torch.cat([v[keep], v.new_zeros((m, *v.shape[1:]))], 0)
+                             for key, v in state.items()
+                             if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == p.shape[0]}
+    model.set_tensors(tensors, optimizer, moments)
 
 
 def split_children(model: GaussianModel, mask: torch.Tensor, generator: Optional[torch.Generator] = None,
                    n: int = 2) -> dict:
-    """``n`` children of each masked Gaussian: centres ``mean + R s * eps`` (eps ~ N(0, I), drawn on the CPU from
-    ``generator``), scales ``s / (0.8 n)``, the other parameters copied; ``{param name: [n * M, ...]}``."""
+    """``n`` children of each masked Gaussian: centres ``mean + R s * eps`` (eps ~ N(0, I) drawn from
+    ``generator`` on its device; the global CPU generator when None), scales ``s / (0.8 n)``, the other parameters
+    copied. Returns ``{param name: [n * M, ...]}``."""
     dev = model.means.device
     scales = model.scales[mask].repeat(n, 1)
-    eps = torch.randn(scales.shape, generator=generator).to(dev)
+    gen_dev = generator.device if generator is not None else "cpu"
+    eps = torch.randn(scales.shape, generator=generator, device=gen_dev).to(dev)
     rot = quaternion_to_matrix(model.quats[mask]).repeat(n, 1, 1)
     out = {"means": (rot @ (scales * eps)[..., None])[..., 0] + model.means[mask].repeat(n, 1),
            "log_scales": torch.log(scales / (0.8 * n))}

@@ -136,18 +136,37 @@ class GaussianModel(torch.nn.Module):
 
     # ----- state ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def set_tensors(self, tensors: dict) -> None:
-        """Replace every parameter and statistic by ``tensors[name]`` (a new count is allowed), in place: the
-        ``nn.Parameter`` objects are kept (their ``.data`` is swapped) and their gradients dropped."""
+    def set_tensors(self, tensors: dict, optimizer: Optional[torch.optim.Optimizer] = None,
+                    moments: Optional[dict] = None, new_leaves: bool = True) -> None:
+        """Replace every parameter and statistic by ``tensors[name]`` (a new count is allowed).
+
+        ``new_leaves`` (densification during training): each parameter becomes a new ``nn.Parameter``, which takes
+        the old one's place in ``optimizer``'s param group with the per-Gaussian optimiser state ``moments[name]``
+        (``{state key: tensor}``; other entries, e.g. Adam's ``step``, are kept). A new leaf is needed there:
+        autograd caches a leaf's shape, so resizing ``.data`` of a parameter that graphs have used breaks the next
+        backward. ``new_leaves=False`` (loading a state, before any graph): ``.data`` is swapped in place, so the
+        ``nn.Parameter`` objects, and an optimiser already built on them, stay valid."""
         n = tensors["means"].shape[0]
         for name in PARAM_NAMES + STAT_NAMES:
             value = tensors[name]
             if value.shape[0] != n:
                 raise Zero123Error(f"gaussian state: {name} has {value.shape[0]} rows, means has {n}")
-            t = getattr(self, name)
-            t.data = value.detach().to(device=t.device, dtype=t.dtype).contiguous()
-            if isinstance(t, torch.nn.Parameter):
-                t.grad = None
+            old = getattr(self, name)
+            value = value.detach().to(device=old.device, dtype=old.dtype).contiguous()
+            if not isinstance(old, torch.nn.Parameter):
+                old.data = value
+            elif not new_leaves:
+                old.data = value
+                old.grad = None
+            else:
+                new = torch.nn.Parameter(value, requires_grad=old.requires_grad)
+                for group in (optimizer.param_groups if optimizer is not None else []):
+                    group["params"] = [new if p is old else p for p in group["params"]]
+                state = optimizer.state.pop(old, None) if optimizer is not None else None
+                if state is not None:
+                    state.update((moments or {}).get(name, {}))
+                    optimizer.state[new] = state
+                setattr(self, name, new)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Resize to the state's number of Gaussians (in place) before ``nn.Module`` copies the tensors, so
@@ -156,5 +175,5 @@ class GaussianModel(torch.nn.Module):
         if key in state_dict and state_dict[key].shape[0] != len(self):
             n = state_dict[key].shape[0]
             self.set_tensors({name: getattr(self, name).new_zeros((n, *getattr(self, name).shape[1:]))
-                              for name in PARAM_NAMES + STAT_NAMES})
+                              for name in PARAM_NAMES + STAT_NAMES}, new_leaves=False)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
