@@ -130,3 +130,23 @@ def test_app_passes_the_representation_to_to3d(fixtures_dir, tmp_path, monkeypat
     with pytest.raises(Stop):
         app.image_to_3d("ida", resume=True, representation="gaussians")
     assert seen == ["gaussians", None]
+
+
+def test_eval3d_takes_the_representation(monkeypatch):
+    import zero123.pipelines.image_to_3d as pipeline
+    from zero123.evaluation import eval3d
+
+    with pytest.raises(Zero123Error, match="representation"):
+        eval3d.Eval3DConfig(representation="voxels").validate()
+    cfg = eval3d.Eval3DConfig(preset="tiny", representation="gaussians").validate()
+    assert cfg.cache_key()["representation"] == "gaussians"   # nerf and gaussians results never share a cache
+    seen = {}
+
+    def fake_to3d(*args, **kwargs):
+        seen.update(kwargs)
+        raise KeyError("stop")
+
+    monkeypatch.setattr(pipeline, "to3d", fake_to3d)
+    with pytest.raises(KeyError):
+        eval3d._model_mesh(None, np.zeros((8, 8, 4), np.uint8), cfg, None)
+    assert seen["representation"] == "gaussians" and seen["preset"] == "tiny"
