@@ -49,7 +49,7 @@ def project_gaussians(means: torch.Tensor, covariances: torch.Tensor, c2w: torch
     """Project ``N`` Gaussians (``means`` [N,3], world ``covariances`` [N,3,3]) into ``B`` cameras (``c2w``
     [B,4,4], ``fovy`` [B] degrees) of ``height x width`` pixels; differentiable in ``means`` and ``covariances``."""
     dev = means.device
-    rt = world_to_camera_rt(c2w.detach().float().cpu()).to(dev)                  # [B,3,4]
+    rt = world_to_camera_rt(c2w.detach().float().cpu()).to(dev)                  # [B,3,4] (CPU maths)
     rot, trans = rt[:, :, :3], rt[:, :, 3]
     p = torch.einsum("bij,nj->bni", rot, means) + trans[:, None, :]               # [B,N,3]
     f = focal_lengths(fovy, height).to(dev)[:, None]                              # [B,1]

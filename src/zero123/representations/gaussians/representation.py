@@ -81,8 +81,9 @@ class GaussianRepresentation(Representation):
         g, dev, res = self.gaussians, self.device, int(resolution)
         cams = cameras.to(dev)
         B = len(cams)
-        proj = project_gaussians(g.means, g.covariances(), cams.c2w, cams.fovy, res, res, near=self.config.near,
-                                 low_pass=self.config.low_pass)
+        # the cameras' own (CPU) matrices: the world-to-camera maths runs there, with no device sync
+        proj = project_gaussians(g.means, g.covariances(), cameras.c2w, cameras.fovy, res, res,
+                                 near=self.config.near, low_pass=self.config.low_pass)
         if torch.is_grad_enabled() and proj.means2d.requires_grad:
             proj.means2d.retain_grad()
             self._renders.append((proj.means2d, proj.radii, res, res))
@@ -107,7 +108,7 @@ class GaussianRepresentation(Representation):
                                            colors, bg, res, res, proj.radii, backend=self.config.backend)
         return RenderResult(rgb=image[..., :3].clamp(0.0, 1.0), opacity=alpha, depth=image[..., 3:4],
                             comp_normal=image[..., 4:7] if with_normals else None,
-                            stats={"samples": int((proj.radii > 0).sum()), "gaussians": n})
+                            stats={"gaussians": n})
 
     @torch.no_grad()
     def render_chunked(self, cameras: Cameras, resolution: int, *, max_images: int = 4, **kwargs) -> RenderResult:
