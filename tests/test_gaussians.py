@@ -252,3 +252,64 @@ def test_albedo_from_nearby_gaussians():
     alb = gaussian_albedo(m, pts)
     assert torch.allclose(alb[0], m.colors[0], atol=1e-3) and torch.allclose(alb[1], m.colors[1], atol=1e-3)
     assert torch.allclose(alb[2], m.colors[1], atol=1e-3)   # far away: the nearest centre's colour
+
+
+# ----- the representation ------------------------------------------------------------------------------------------
+def _flat_gaussian_rep():
+    from zero123.representations.gaussians.representation import GaussianRepresentation
+
+    rep = GaussianRepresentation(GaussianConfig(num_points=1, backend="torch"))
+    with torch.no_grad():
+        g = rep.gaussians
+        g.means.zero_()
+        g.log_scales.copy_(torch.log(torch.tensor([[0.2, 0.2, 0.01]])))   # flat, normal along world z
+        g.opacity_logits.fill_(float(torch.logit(torch.tensor(0.8))))
+        g.sh0.copy_(torch.tensor([[1.0, -1.0, 0.0]]))
+    return rep
+
+
+def test_render_channels_of_one_gaussian():
+    from zero123.rendering.cameras import orbit_cameras
+
+    rep = _flat_gaussian_rep()
+    cams = orbit_cameras([90.0, 60.0], [0.0, 30.0], 2.0, 40.0)          # straight down, and oblique
+    bg = torch.tensor([[0.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    out = rep.render(cams, 33, background=bg, with_normals=True)
+    c = 16                                                                # the centre pixel: the Gaussian's centre
+    assert torch.allclose(out.opacity[0, c, c, 0], torch.tensor(0.8), atol=1e-3)
+    assert torch.allclose(out.depth[:, c, c, 0] / out.opacity[:, c, c, 0], torch.tensor([2.0, 2.0]), atol=1e-3)
+    expect_rgb = 0.8 * rep.gaussians.colors[0] + 0.2 * bg[0]
+    assert torch.allclose(out.rgb[0, c, c], expect_rgb, atol=1e-3)
+    n = out.comp_normal[0, c, c] / out.opacity[0, c, c]                   # (n + 1) / 2 with n = +z (toward the camera)
+    assert torch.allclose(n, torch.tensor([0.5, 0.5, 1.0]), atol=1e-3)
+    assert torch.allclose(out.rgb[0, 0, 0], bg[0], atol=1e-3) and float(out.opacity[0, 0, 0]) < 1e-3
+    chunked = rep.render_chunked(cams, 33, background=bg, with_normals=True, max_images=1)
+    assert torch.allclose(chunked.rgb, out.rgb.detach(), atol=1e-6)
+    assert rep.regularisers(out, with_sparsity=True) == {}
+    lit = rep.render(cams, 33, background=bg, shading="textureless", ambient_ratio=1.0)
+    assert torch.allclose(lit.rgb[0, c, c], 0.8 * torch.ones(3) + 0.2 * bg[0], atol=1e-3)
+
+
+def test_hooks_follow_the_schedule():
+    from zero123.rendering.cameras import orbit_cameras
+    from zero123.representations.gaussians.representation import GaussianRepresentation, position_lr
+
+    cfg = GaussianConfig(num_points=40, densify_grad_threshold=0.0, percent_dense=10.0, extent=100.0,
+                         densify_start=100, densify_interval=100, backend="torch")
+    rep = GaussianRepresentation(cfg)
+    rep.gaussians.init_in_sphere(torch.Generator().manual_seed(0))
+    opt = rep.make_optimizer()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01) and position_lr(cfg, 500) == pytest.approx(0.0002)
+    counts = []
+    for step, sched in enumerate([0, 98, 99, 150, 199]):                  # iterations 1, 99, 100, 151, 200
+        rep.before_step(step, sched, torch.Generator().manual_seed(step))
+        out = rep.render(orbit_cameras(20.0, 0.0, 2.0, 49.1), 16, background=torch.ones(1, 3))
+        out.rgb.mean().backward()
+        rep.after_backward(step, sched, opt)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        rep.after_step(step, sched, opt)
+        counts.append(len(rep.gaussians))
+    assert counts == [40, 40, 80, 80, 160]                               # cloned at iterations 100 and 200
+    assert opt.param_groups[0]["lr"] == pytest.approx(position_lr(cfg, 200))
+    assert int(rep.last_iteration) == 200

@@ -103,7 +103,8 @@ class GaussianRepresentation(Representation):
         channels = [rgb, dist] + ([(normal + 1) * 0.5] if with_normals else [])
         colors = torch.cat(channels, -1)
         extra = colors.shape[-1] - 3
-        bg = torch.cat([background.to(dev, colors.dtype).reshape(B, 3), colors.new_zeros(B, extra)], -1)
+        bg = torch.cat([torch.as_tensor(background).to(dev, colors.dtype).reshape(-1, 3).expand(B, 3),
+                        colors.new_zeros(B, extra)], -1)
         image, alpha = rasterize_gaussians(proj.means2d, proj.conics, proj.depths, g.opacities[None].expand(B, n),
                                            colors, bg, res, res, proj.radii, backend=self.config.backend)
         return RenderResult(rgb=image[..., :3].clamp(0.0, 1.0), opacity=alpha, depth=image[..., 3:4],
@@ -111,16 +112,17 @@ class GaussianRepresentation(Representation):
                             stats={"gaussians": n})
 
     @torch.no_grad()
-    def render_chunked(self, cameras: Cameras, resolution: int, *, max_images: int = 4, **kwargs) -> RenderResult:
+    def render_chunked(self, cameras: Cameras, resolution: int, *, max_images: int = 4, background=None,
+                       **kwargs) -> RenderResult:
+        """:meth:`render` of ``max_images`` cameras at a time without gradients (``background``: [3], [B,3] or
+        None = white)."""
+        bg = torch.ones(1, 3) if background is None else torch.as_tensor(background, dtype=torch.float32)
+        bg = bg.reshape(-1, 3)
         outs = []
         for i in range(0, len(cameras), max_images):
             sub = Cameras(**{f.name: getattr(cameras, f.name)[i:i + max_images] for f in fields(Cameras)})
-            kw = dict(kwargs)
-            if "background" in kw and torch.is_tensor(kw["background"]) and kw["background"].shape[0] == len(cameras):
-                kw["background"] = kw["background"][i:i + max_images]
-            kw.setdefault("background", torch.ones(len(sub), 3))
-            kw["background"] = kw["background"].reshape(-1, 3).expand(len(sub), 3)
-            outs.append(self.render(sub, resolution, **kw))
+            sub_bg = bg[i:i + len(sub)] if len(bg) == len(cameras) else bg.expand(len(sub), 3)
+            outs.append(self.render(sub, resolution, background=sub_bg, **kwargs))
         normals = None if outs[0].comp_normal is None else torch.cat([o.comp_normal for o in outs])
         return RenderResult(rgb=torch.cat([o.rgb for o in outs]), opacity=torch.cat([o.opacity for o in outs]),
                             depth=torch.cat([o.depth for o in outs]), comp_normal=normals)
