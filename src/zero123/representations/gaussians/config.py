@@ -56,6 +56,9 @@ class GaussianConfig:
     min_opacity: float = 0.01
     opacity_reset_interval: int = 700
     max_gaussians: int = 1_000_000      # densification stops adding beyond this count (memory bound; 0 = none)
+    stats_renders: int = 1              # the step's first renders that feed the statistics (0 = all): the trainer
+    #                                     renders the random views first, then the reference view, and
+    #                                     DreamGaussian counts the random (guided) view only
     # projection / rasterisation
     near: float = 0.01                  # camera-space depth below which a Gaussian is culled
     low_pass: float = 0.3               # px^2 added to the 2D covariance (3DGS's anti-aliasing dilation)

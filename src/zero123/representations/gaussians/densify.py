@@ -1,7 +1,7 @@
 """Adaptive density control of 3D Gaussians on DreamGaussian's schedule (``main.py`` + ``gs_renderer.py``).
 
-* **Statistics** (every training step inside ``[densify_start, densify_end]``): for each render made with
-  gradients, each visible Gaussian (radius > 0) adds the norm of the loss gradient with respect to its projected
+* **Statistics** (every training step inside ``[densify_start, densify_end]``): for each random-view render
+  (``stats_renders``; DreamGaussian's ``viewspace_points`` are those of the guided view), each visible Gaussian (radius > 0) adds the norm of the loss gradient with respect to its projected
   centre to ``grad_accum`` and 1 to ``grad_count``. The gradient is taken in NDC units (pixels x ``W/2``,
   ``H/2``), the units of diff-gaussian-rasterization's ``viewspace_points``, so DreamGaussian's thresholds apply.
 * **Densify and prune** (every ``densify_interval`` steps in that window): with ``g = grad_accum / grad_count``,

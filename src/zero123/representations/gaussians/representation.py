@@ -147,14 +147,16 @@ class GaussianRepresentation(Representation):
         return self.config.densify_start <= iteration <= self.config.densify_end
 
     def after_backward(self, step: int, schedule_step: int, optimizer: torch.optim.Optimizer) -> None:
-        """The position learning rate of DreamGaussian iteration ``schedule_step + 1``; the renders' screen-space
-        gradients into the densification statistics inside the densification window."""
+        """The position learning rate of DreamGaussian iteration ``schedule_step + 1``; inside the densification
+        window, the screen-space gradients of the step's first ``stats_renders`` renders (the random views) into
+        the densification statistics."""
         iteration = int(schedule_step) + 1
         for group in optimizer.param_groups:
             if group.get("name") == "means":
                 group["lr"] = position_lr(self.config, iteration)
         if self._window(iteration):
-            accumulate_gradient_stats(self.gaussians, self._renders)
+            k = self.config.stats_renders
+            accumulate_gradient_stats(self.gaussians, self._renders[:k] if k > 0 else self._renders)
         self._renders = []
 
     def after_step(self, step: int, schedule_step: int, optimizer: torch.optim.Optimizer) -> None:
