@@ -118,6 +118,8 @@ def main(argv=None) -> dict:
     p.add_argument("--backends", nargs="+", default=["torch", "triton", "gsplat"])
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--triton-configs", nargs="+", default=None, metavar="GxW",
+                   help="Triton launch configurations to time, BLOCK_G x num_warps (default: the module's CONFIG)")
     p.add_argument("--torch-iters", type=int, default=None, help="iterations of the (slow) dense path (--iters)")
     p.add_argument("--out", type=Path, default=None, help="JSON results")
     p.add_argument("--table", type=Path, default=None, help="markdown table")
@@ -130,6 +132,14 @@ def main(argv=None) -> dict:
         backends.remove("gsplat")
         notes.append("gsplat: " + ("importable but not wired in (no backend='gsplat' yet)"
                                    if importlib.util.find_spec("gsplat") else "not importable here, skipped"))
+    configs = [None]
+    if "triton" in backends:
+        from zero123.representations.gaussians import rasterize_triton
+
+        configs = [dict(rasterize_triton.CONFIG)]
+        if args.triton_configs:
+            configs = [dict(BLOCK_G=int(c.split("x")[0]), num_warps=int(c.split("x")[1])) for c in args.triton_configs]
+    runs = [(be, None) for be in backends if be != "triton"] + [("triton", c) for c in configs if "triton" in backends]
     rows = []
     for n in args.n:
         for res in args.res:
@@ -138,12 +148,15 @@ def main(argv=None) -> dict:
             grads = (torch.randn(args.batch, res, res, 3, generator=g).to(args.device),
                      torch.randn(args.batch, res, res, 1, generator=g).to(args.device))
             results = {}
-            for be in backends:
+            for be, config in runs:
                 iters = args.torch_iters or args.iters if be == "torch" else args.iters
                 warmup = min(args.warmup, 1) if be == "torch" else args.warmup    # the dense path is slow and steady
+                if config:
+                    rasterize_triton.CONFIG.update(config)
+                label = be if not config or len(configs) == 1 else f"{be} G{config['BLOCK_G']} w{config['num_warps']}"
                 r = run_backend(scene, be, grads, timer, warmup, iters)
-                results[be] = r
-                row = dict(n=n, res=res, batch=args.batch, backend=be, fwd_ms=round(r["fwd_ms"], 3),
+                results[label] = r
+                row = dict(n=n, res=res, batch=args.batch, backend=label, config=config, fwd_ms=round(r["fwd_ms"], 3),
                            fwd_bwd_ms=round(r["fwd_bwd_ms"], 3),
                            peak_mib=None if r["peak_mib"] is None else round(r["peak_mib"], 1))
                 if be != "torch" and "torch" in results:

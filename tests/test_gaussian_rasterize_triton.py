@@ -66,13 +66,15 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from zero123.representations.gaussians import rasterize_triton as rt
-consts = dict(C=5, BLOCK_C=8, TILE=16, ALPHA_MAX=0.99, ALPHA_MIN=1 / 255)
+config = dict(rt.CONFIG)
+warps = config.pop("num_warps")
+consts = dict(C=5, BLOCK_C=8, TILE=16, ALPHA_MAX=0.99, ALPHA_MIN=1 / 255, **config)
 for fn, extra in ((rt._raster_fwd, dict(T_MIN=1e-4)), (rt._raster_bwd, {})):
     c = dict(consts, **extra)
     sig = {n: "constexpr" if n in c else "i32" if not n.endswith("_ptr")
            else "*i32" if n in ("offsets_ptr", "ids_ptr", "last_ptr") else "*fp32" for n in fn.arg_names}
     kernel = triton.compile(ASTSource(fn, sig, {(fn.arg_names.index(k),): v for k, v in c.items()}),
-                            target=GPUTarget("cuda", 90, 32))
+                            target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
     assert kernel.asm["cubin"], fn
 print("compiled")
 """
