@@ -151,3 +151,21 @@ def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(Zero123Error, match="needs CUDA tensors"):
         rasterize_gaussians(**make_scene(b=1, n=3, height=4, width=4), backend="triton")
+
+
+def test_dense_checkpointing_bounds_saved_memory_and_keeps_gradients():
+    s = make_scene(b=2, n=20, height=16, width=16, c=3)
+    dense_entries = 2 * 16 * 16 * 20
+    results = {}
+    for ckpt in (False, True):
+        inputs = {k: s[k].clone().requires_grad_(True) for k in ("means2d", "conics", "opacities", "colors")}
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            image, alpha = rasterize_gaussians(**dict(s, **inputs), backend="torch", chunk_elements=2560,
+                                               checkpoint=ckpt)                    # 4 chunks
+        (image.square().sum() + alpha.sum()).backward()
+        results[ckpt] = (sum(saved), [inputs[k].grad for k in inputs])
+    assert results[False][0] > 3 * dense_entries           # autograd keeps every [B, P, N] term ...
+    assert results[True][0] < 0.3 * dense_entries           # ... checkpointing: inputs, [B, P, C] outputs
+    for plain, ckpt in zip(results[False][1], results[True][1]):
+        torch.testing.assert_close(ckpt, plain, rtol=1e-6, atol=1e-7)
