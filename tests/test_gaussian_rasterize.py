@@ -97,13 +97,23 @@ def test_dense_gradcheck_float64():
 
 def test_dense_culled_and_empty():
     s = make_scene(b=1, n=6, height=8, width=8, c=3)
+    s["radii"][:, 1:] = 0
+    s["means2d"][:, 2:4] = float("nan")                 # what a projection may leave for culled Gaussians
+    s["conics"][:, 4] = float("inf")
+    ref = rasterize_gaussians(**dict(s, means2d=s["means2d"][:, :1], conics=s["conics"][:, :1],
+                                     depths=s["depths"][:, :1], opacities=s["opacities"][:, :1],
+                                     colors=s["colors"][:, :1], radii=s["radii"][:, :1]), backend="torch")
+    for k in ("means2d", "conics", "colors"):
+        s[k].requires_grad_(True)
+    img, alpha = rasterize_gaussians(**s, backend="torch")
+    torch.testing.assert_close(img, ref[0], rtol=0, atol=0)
+    img.sum().backward()
+    for k in ("means2d", "conics", "colors"):
+        assert torch.isfinite(s[k].grad).all() and (s[k].grad[:, 1:] == 0).all() and (s[k].grad[:, 0] != 0).any()
     s["radii"][:] = 0
-    s["colors"].requires_grad_(True)
     img, alpha = rasterize_gaussians(**s, backend="torch")
     torch.testing.assert_close(img, s["background"][:, None, None].expand(1, 8, 8, 3))
     assert (alpha == 0).all()
-    img.sum().backward()
-    assert (s["colors"].grad == 0).all()
     e = make_scene(b=2, n=0, height=4, width=5, c=4)
     img, alpha = rasterize_gaussians(**e, backend="auto")
     assert img.shape == (2, 4, 5, 4) and (img == e["background"][:, None, None]).all() and (alpha == 0).all()

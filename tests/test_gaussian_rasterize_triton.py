@@ -52,6 +52,7 @@ def test_triton_matches_dense_reference(height, width, channels):
 def test_triton_culled_view_and_no_grad():
     s = make_scene(b=2, n=8, height=16, width=16, c=3, seed=7)
     s["radii"][1] = 0                                                  # view 1: every Gaussian culled, empty lists
+    s["means2d"][1, :3] = float("nan")                                 # never read
     s = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in s.items()}
     with torch.no_grad():
         image, alpha = rasterize_gaussians(**s, backend="triton")

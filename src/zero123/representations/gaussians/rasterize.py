@@ -71,10 +71,11 @@ def rasterize_gaussians(means2d: torch.Tensor, conics: torch.Tensor, depths: tor
             ``power = -0.5 * (A dx^2 + 2 B dx dy + C dy^2)``.
         depths: ``[B, N]`` camera-space z; composited front to back in ascending depth. No gradient.
         opacities: ``[B, N]`` in (0, 1).
-        colors: ``[B, N, C]``, any number of channels ``C`` (RGB, RGB + features, ...).
+        colors: ``[B, N, C]``, any number of channels ``C`` (RGB, RGB + depth + normal, features, ...).
         background: ``[B, C]`` colour behind the Gaussians.
         height, width: image size in pixels.
-        radii: ``[B, N]`` footprint half-side in pixels (int or float; 0 = culled). No gradient.
+        radii: ``[B, N]`` footprint half-side in pixels (int or float; 0 = culled: its other inputs are never
+            read, so they may be NaN or inf, and its gradients are 0). No gradient.
         backend: ``"auto"`` | ``"torch"`` | ``"triton"`` (see the module docstring).
         chunk_elements: torch path: at most this many ``[B, pixels, N]`` entries per chunk of pixels.
         checkpoint: torch path: recompute each chunk in the backward (``None``: when gradients are needed and the
@@ -163,6 +164,8 @@ def _rasterize_dense(means2d, conics, depths, opacities, colors, background, hei
         image = background[:, None, None, :].expand(b, height, width, -1).clone()
         return image, torch.zeros(b, height, width, 1, dtype=dtype, device=dev)
     means2d, conics, opacities, colors, radii = _sort_by_depth(depths, means2d, conics, opacities, colors, radii)
+    culled = (radii <= 0)[..., None]         # projections may leave NaN/inf there: keep them out of the gradients
+    means2d, conics = means2d.masked_fill(culled, 0.0), conics.masked_fill(culled, 0.0)
     ys, xs = torch.meshgrid(torch.arange(height, device=dev), torch.arange(width, device=dev), indexing="ij")
     pix = torch.stack([xs, ys], dim=-1).reshape(-1, 2).to(means2d.dtype) + 0.5
     per_chunk = max(1, int(chunk_elements) // (b * n))
