@@ -30,16 +30,19 @@ Backends (``backend=``):
   cost grows as ``B*H*W*N``.
 * ``"triton"``: a tile rasteriser (:mod:`.rasterize_triton`, 16x16 tiles) for CUDA tensors: per-view depth sort and
   tile binning in PyTorch (:func:`bin_gaussians`), then one forward kernel (one program per tile and view, front to
-  back with early stop) and a hand-written backward kernel (back to front from each pixel's last contributor,
-  recovering ``T_i = T_{i+1} / (1 - a_i)`` as 3DGS does), float32. Triton is JIT-compiled by the ``triton``
-  package that PyTorch's CUDA wheels already bring: no CUDA toolkit, nothing compiled at install. With
+  back in blocks of Gaussians, with early stop) and a hand-written backward kernel (back to front from each pixel's
+  last contributor, recovering ``T_i`` by dividing out ``(1 - a_j)`` as 3DGS does), float32. Triton is
+  JIT-compiled by the ``triton`` package that PyTorch's CUDA wheels already bring (with its own ``ptxas``): no CUDA
+  toolkit, nothing compiled at install; the first call of a process compiles for a few seconds. With
   ``TRITON_INTERPRET=1`` the kernels also run on CPU tensors (slowly; the tests do this).
 * ``"auto"``: ``"triton"`` for CUDA tensors when Triton is importable, else ``"torch"``.
 
-gsplat (``pip install gsplat``, nerfstudio's CUDA rasteriser) is not a dependency: its CUDA kernels are compiled
-on first use, which needs a CUDA toolkit (``nvcc``) matching PyTorch's CUDA and a C++ compiler on the machine, and
-takes minutes the first time (prebuilt wheels exist only for some torch/CUDA pairs). Its
-``isect_tiles`` + ``isect_offset_encode`` + ``rasterize_to_pixels`` take the same projected inputs as this function.
+gsplat (``pip install gsplat``, nerfstudio's CUDA rasteriser) is not a dependency: installed from PyPI it builds its
+CUDA extension on first use (JIT through ``torch.utils.cpp_extension``), which needs a CUDA toolkit (``nvcc``)
+matching PyTorch's CUDA, a C++ compiler and ninja on the machine, and takes minutes the first time; pre-built wheels
+exist on its own index only for some Python/torch/CUDA combinations. Its ``isect_tiles`` + ``isect_offset_encode``
++ ``rasterize_to_pixels`` take the same projected inputs as this function (its tiles decide which Gaussians a pixel
+sees, so its images differ from these at footprint edges).
 """
 
 from __future__ import annotations
