@@ -92,18 +92,28 @@ def test_dense_gradcheck_float64():
         img, alpha = rasterize_gaussians(**kw, backend="torch", chunk_elements=100, checkpoint=True)
         return img, alpha
 
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, fast_mode=True)   # random projections
 
 
 def test_dense_culled_and_empty():
     s = make_scene(b=1, n=6, height=8, width=8, c=3)
+    s["radii"][:, 1:] = 0
+    s["means2d"][:, 2:4] = float("nan")                 # what a projection may leave for culled Gaussians
+    s["conics"][:, 4] = float("inf")
+    ref = rasterize_gaussians(**dict(s, means2d=s["means2d"][:, :1], conics=s["conics"][:, :1],
+                                     depths=s["depths"][:, :1], opacities=s["opacities"][:, :1],
+                                     colors=s["colors"][:, :1], radii=s["radii"][:, :1]), backend="torch")
+    for k in ("means2d", "conics", "colors"):
+        s[k].requires_grad_(True)
+    img, alpha = rasterize_gaussians(**s, backend="torch")
+    torch.testing.assert_close(img, ref[0], rtol=0, atol=0)
+    img.sum().backward()
+    for k in ("means2d", "conics", "colors"):
+        assert torch.isfinite(s[k].grad).all() and (s[k].grad[:, 1:] == 0).all() and (s[k].grad[:, 0] != 0).any()
     s["radii"][:] = 0
-    s["colors"].requires_grad_(True)
     img, alpha = rasterize_gaussians(**s, backend="torch")
     torch.testing.assert_close(img, s["background"][:, None, None].expand(1, 8, 8, 3))
     assert (alpha == 0).all()
-    img.sum().backward()
-    assert (s["colors"].grad == 0).all()
     e = make_scene(b=2, n=0, height=4, width=5, c=4)
     img, alpha = rasterize_gaussians(**e, backend="auto")
     assert img.shape == (2, 4, 5, 4) and (img == e["background"][:, None, None]).all() and (alpha == 0).all()
@@ -151,3 +161,33 @@ def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(Zero123Error, match="needs CUDA tensors"):
         rasterize_gaussians(**make_scene(b=1, n=3, height=4, width=4), backend="triton")
+
+
+def test_dense_checkpointing_bounds_saved_memory_and_keeps_gradients():
+    s = make_scene(b=2, n=20, height=16, width=16, c=3)
+    dense_entries = 2 * 16 * 16 * 20
+    results = {}
+    for ckpt in (False, True):
+        inputs = {k: s[k].clone().requires_grad_(True) for k in ("means2d", "conics", "opacities", "colors")}
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            image, alpha = rasterize_gaussians(**dict(s, **inputs), backend="torch", chunk_elements=2560,
+                                               checkpoint=ckpt, cull=False)        # 4 chunks
+        (image.square().sum() + alpha.sum()).backward()
+        results[ckpt] = (sum(saved), [inputs[k].grad for k in inputs])
+    assert results[False][0] > 3 * dense_entries           # autograd keeps every [B, P, N] term ...
+    assert results[True][0] < 0.3 * dense_entries           # ... checkpointing: inputs, [B, P, C] outputs
+    for plain, ckpt in zip(results[False][1], results[True][1]):
+        torch.testing.assert_close(ckpt, plain, rtol=1e-6, atol=1e-7)
+
+
+def test_dense_culling_per_chunk_is_exact():
+    s = make_scene(b=2, n=40, height=24, width=20, c=3, dtype=torch.float64)   # only summation order differs
+    results = {}
+    for cull in (False, True):
+        inputs = {k: s[k].clone().requires_grad_(True) for k in ("means2d", "conics", "opacities", "colors")}
+        image, alpha = rasterize_gaussians(**dict(s, **inputs), backend="torch", chunk_elements=6400, cull=cull)
+        (image.square().sum() + alpha.sum()).backward()
+        results[cull] = [image, alpha] + [inputs[k].grad for k in inputs]
+    for plain, culled in zip(results[False], results[True]):
+        torch.testing.assert_close(culled, plain, rtol=1e-12, atol=1e-14)

@@ -30,16 +30,19 @@ Backends (``backend=``):
   cost grows as ``B*H*W*N``.
 * ``"triton"``: a tile rasteriser (:mod:`.rasterize_triton`, 16x16 tiles) for CUDA tensors: per-view depth sort and
   tile binning in PyTorch (:func:`bin_gaussians`), then one forward kernel (one program per tile and view, front to
-  back with early stop) and a hand-written backward kernel (back to front from each pixel's last contributor,
-  recovering ``T_i = T_{i+1} / (1 - a_i)`` as 3DGS does), float32. Triton is JIT-compiled by the ``triton``
-  package that PyTorch's CUDA wheels already bring: no CUDA toolkit, nothing compiled at install. With
+  back in blocks of Gaussians, with early stop) and a hand-written backward kernel (back to front from each pixel's
+  last contributor, recovering ``T_i`` by dividing out ``(1 - a_j)`` as 3DGS does), float32. Triton is
+  JIT-compiled by the ``triton`` package that PyTorch's CUDA wheels already bring (with its own ``ptxas``): no CUDA
+  toolkit, nothing compiled at install; the first call of a process compiles for a few seconds. With
   ``TRITON_INTERPRET=1`` the kernels also run on CPU tensors (slowly; the tests do this).
 * ``"auto"``: ``"triton"`` for CUDA tensors when Triton is importable, else ``"torch"``.
 
-gsplat (``pip install gsplat``, nerfstudio's CUDA rasteriser) is not a dependency: its CUDA kernels are compiled
-on first use, which needs a CUDA toolkit (``nvcc``) matching PyTorch's CUDA and a C++ compiler on the machine, and
-takes minutes the first time (prebuilt wheels exist only for some torch/CUDA pairs). Its
-``isect_tiles`` + ``isect_offset_encode`` + ``rasterize_to_pixels`` take the same projected inputs as this function.
+gsplat (``pip install gsplat``, nerfstudio's CUDA rasteriser) is not a dependency: installed from PyPI it builds its
+CUDA extension on first use (JIT through ``torch.utils.cpp_extension``), which needs a CUDA toolkit (``nvcc``)
+matching PyTorch's CUDA, a C++ compiler and ninja on the machine, and takes minutes the first time; pre-built wheels
+exist on its own index only for some Python/torch/CUDA combinations. Its ``isect_tiles`` + ``isect_offset_encode``
++ ``rasterize_to_pixels`` take the same projected inputs as this function (its tiles decide which Gaussians a pixel
+sees, so its images differ from these at footprint edges).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ T_MIN = 1e-4                  # 3DGS: stop before T would fall below 1e-4
 def rasterize_gaussians(means2d: torch.Tensor, conics: torch.Tensor, depths: torch.Tensor, opacities: torch.Tensor,
                         colors: torch.Tensor, background: torch.Tensor, height: int, width: int,
                         radii: torch.Tensor, backend: str = "auto", *, chunk_elements: int = 1 << 23,
-                        checkpoint: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        checkpoint: bool | None = None, cull: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Alpha-composite projected 2D Gaussians into ``B`` images (conventions in the module docstring).
 
     Args:
@@ -71,14 +74,17 @@ def rasterize_gaussians(means2d: torch.Tensor, conics: torch.Tensor, depths: tor
             ``power = -0.5 * (A dx^2 + 2 B dx dy + C dy^2)``.
         depths: ``[B, N]`` camera-space z; composited front to back in ascending depth. No gradient.
         opacities: ``[B, N]`` in (0, 1).
-        colors: ``[B, N, C]``, any number of channels ``C`` (RGB, RGB + features, ...).
+        colors: ``[B, N, C]``, any number of channels ``C`` (RGB, RGB + depth + normal, features, ...).
         background: ``[B, C]`` colour behind the Gaussians.
         height, width: image size in pixels.
-        radii: ``[B, N]`` footprint half-side in pixels (int or float; 0 = culled). No gradient.
+        radii: ``[B, N]`` footprint half-side in pixels (int or float; 0 = culled: its other inputs are never
+            read, so they may be NaN or inf, and its gradients are 0). No gradient.
         backend: ``"auto"`` | ``"torch"`` | ``"triton"`` (see the module docstring).
         chunk_elements: torch path: at most this many ``[B, pixels, N]`` entries per chunk of pixels.
         checkpoint: torch path: recompute each chunk in the backward (``None``: when gradients are needed and the
             image takes more than one chunk).
+        cull: torch path: per chunk of pixels, evaluate only the Gaussians whose footprint comes within a pixel of
+            the chunk's bounding box (exact: the others contribute exactly nothing there; ``False`` evaluates all).
 
     Returns:
         ``image [B, H, W, C]`` and ``alpha [B, H, W, 1]`` (``1 - T_final``), in the dtype of ``colors`` (the
@@ -89,7 +95,7 @@ def rasterize_gaussians(means2d: torch.Tensor, conics: torch.Tensor, depths: tor
         return _TritonRasterize.apply(means2d, conics, depths, opacities, colors, background, int(height),
                                       int(width), radii)
     return _rasterize_dense(means2d, conics, depths, opacities, colors, background, int(height), int(width), radii,
-                            chunk_elements, checkpoint)
+                            chunk_elements, checkpoint, cull)
 
 
 def _check_inputs(means2d, conics, depths, opacities, colors, background, height, width, radii, backend):
@@ -125,7 +131,11 @@ def _use_triton(backend: str, like: torch.Tensor) -> bool:
 # ---------------------------------------------------------------------------------------------------- dense torch
 def _sort_by_depth(depths: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
     """``tensors`` (``[B, N]`` or ``[B, N, K]``) reordered per view in ascending (stable) depth."""
-    order = torch.argsort(depths, dim=1, stable=True)
+    return _gather(torch.argsort(depths, dim=1, stable=True), *tensors)
+
+
+def _gather(order: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """``tensors`` (``[B, N]`` or ``[B, N, K]``) at per-view indices ``order`` ``[B, M]``."""
     out = []
     for t in tensors:
         idx = order if t.dim() == 2 else order[..., None].expand(-1, -1, t.shape[-1])
@@ -155,14 +165,31 @@ def _dense_chunk(pix, means2d, conics, opacities, colors, radii, background):
     return image, trans[..., -1:]
 
 
+def _cull_to_chunk(pix, means2d, conics, opacities, colors, radii):
+    """The depth-sorted Gaussians whose footprint comes within one pixel of the bounding box of ``pix`` ``[P, 2]``,
+    per view, still in depth order, padded with culled entries (radius 0) to the views' largest count ``M``:
+    ``[B, M, ...]`` tensors (gathered, so gradients flow back to the inputs)."""
+    lo, hi = pix.min(0).values, pix.max(0).values
+    r = radii.to(means2d.dtype)[..., None] + 1.0           # a pixel of margin: rounding never drops a seen one
+    near = (radii > 0) & ((means2d.detach() - r <= hi) & (means2d.detach() + r >= lo)).all(-1)
+    m = max(1, int(near.sum(1).max()))
+    if m == near.shape[1]:
+        return means2d, conics, opacities, colors, radii
+    idx = torch.argsort((~near).to(torch.uint8), dim=1, stable=True)[:, :m]   # near ones first, in depth order
+    means2d, conics, opacities, colors, radii = _gather(idx, means2d, conics, opacities, colors, radii)
+    return means2d, conics, opacities, colors, torch.where(torch.gather(near, 1, idx), radii, 0)
+
+
 def _rasterize_dense(means2d, conics, depths, opacities, colors, background, height, width, radii, chunk_elements,
-                     checkpoint):
+                     checkpoint, cull=True):
     b, n = depths.shape
     dtype, dev = colors.dtype, colors.device
     if n == 0:
         image = background[:, None, None, :].expand(b, height, width, -1).clone()
         return image, torch.zeros(b, height, width, 1, dtype=dtype, device=dev)
     means2d, conics, opacities, colors, radii = _sort_by_depth(depths, means2d, conics, opacities, colors, radii)
+    culled = (radii <= 0)[..., None]         # projections may leave NaN/inf there: keep them out of the gradients
+    means2d, conics = means2d.masked_fill(culled, 0.0), conics.masked_fill(culled, 0.0)
     ys, xs = torch.meshgrid(torch.arange(height, device=dev), torch.arange(width, device=dev), indexing="ij")
     pix = torch.stack([xs, ys], dim=-1).reshape(-1, 2).to(means2d.dtype) + 0.5
     per_chunk = max(1, int(chunk_elements) // (b * n))
@@ -171,7 +198,9 @@ def _rasterize_dense(means2d, conics, depths, opacities, colors, background, hei
         checkpoint = torch.is_grad_enabled() and needs_grad and per_chunk < pix.shape[0]
     images, trans = [], []
     for s in range(0, pix.shape[0], per_chunk):
-        args = (pix[s:s + per_chunk], means2d, conics, opacities, colors, radii, background)
+        chunk = pix[s:s + per_chunk]
+        gauss = (means2d, conics, opacities, colors, radii)
+        args = (chunk, *(_cull_to_chunk(chunk, *gauss) if cull else gauss), background)
         img, t = _checkpoint(_dense_chunk, *args, use_reentrant=False) if checkpoint else _dense_chunk(*args)
         images.append(img)
         trans.append(t)
