@@ -234,7 +234,7 @@ def _two_blobs():
 
 def test_mesh_of_gaussians_is_the_iso_surface():
     m = _two_blobs()
-    mesh = extract_gaussian_mesh(m, 48, 0.5, block=8)
+    mesh = extract_gaussian_mesh(m, 32, 0.5, block=16)
     r_iso = 0.1 * math.sqrt(2 * math.log(0.9 / 0.5))       # 0.9 exp(-r^2 / (2 s^2)) = 0.5
     for c in (-0.3, 0.3):
         v = mesh.vertices[np.sign(mesh.vertices[:, 0]) == np.sign(c)]
