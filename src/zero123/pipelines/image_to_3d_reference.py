@@ -1,7 +1,8 @@
 """The reference view of image-to-3D: the input photo prepared as the reference-view targets and the model's
 input view (threestudio's ``stable-zero123`` input preparation; see :func:`prepare_reference`).
 
-Its camera is not here: it is the ``reference`` section of :class:`zero123.pipelines.image_to_3d_config.ImageTo3DConfig`.
+Its camera is not here: it is the ``reference`` section of
+:class:`zero123.pipelines.image_to_3d_config.ImageTo3DConfig`.
 """
 
 from __future__ import annotations
