@@ -155,6 +155,18 @@ def primed_trainer(args, device, image, fast: bool, graph: bool = False):
     return trainer
 
 
+def time_stage_step(trainer, state: dict, step: int, timer, warmup: int, iters: int) -> list:
+    """Seconds of training step ``step`` (``warmup`` untimed, then ``iters`` timed), ``state`` restored first and
+    every step taken from the same step number."""
+    trainer.load_state_dict(copy.deepcopy(state))
+
+    def one_step():
+        trainer.step = step
+        trainer.train_step()
+
+    return timer(one_step, warmup, iters)
+
+
 def bench_path(name, args, device, image, fast: bool, graph: bool = False) -> dict:
     timer = Timer(device)
     if device.type == "cuda":
@@ -166,13 +178,7 @@ def bench_path(name, args, device, image, fast: bool, graph: bool = False) -> di
     base_state = copy.deepcopy(trainer.state_dict())
     res = {"path": name, "stages": []}
     for stage, step in enumerate(stage_steps(cfg)):
-        trainer.load_state_dict(copy.deepcopy(base_state))
-
-        def one_step():
-            trainer.step = step
-            trainer.train_step()
-
-        step_times = timer(one_step, args.warmup, args.iters)
+        step_times = time_stage_step(trainer, base_state, step, timer, args.warmup, args.iters)
         # SDS alone at this stage's batch/resolution
         cc = cfg.cameras
         B, r = cc.batch_sizes[stage], cc.resolutions[stage]

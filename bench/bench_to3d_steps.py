@@ -23,29 +23,11 @@ import copy
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 
-def time_step(fn, cuda: bool) -> float:
-    """Seconds of one ``fn()`` (CUDA events when ``cuda``)."""
-    import torch
-
-    if cuda:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1000.0
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def bench_preset(preset: str, args, model, image, device) -> dict:
-    from bench_to3d import make_trainer, stage_steps
+    from bench_to3d import Timer, make_trainer, stage_steps, time_stage_step
 
     from zero123.pipelines.image_to_3d_config import preset_config
 
@@ -54,18 +36,10 @@ def bench_preset(preset: str, args, model, image, device) -> dict:
     for _ in range(args.prime_steps):
         trainer.train_step()
     base = copy.deepcopy(trainer.state_dict())
-    cuda = device.type == "cuda"
+    timer = Timer(device)
     rows = []
     for stage, step in enumerate(stage_steps(cfg)):
-        trainer.load_state_dict(copy.deepcopy(base))
-
-        def one():
-            trainer.step = step
-            trainer.train_step()
-
-        for _ in range(args.warmup):
-            one()
-        times = [time_step(one, cuda) for _ in range(args.iters)]
+        times = time_stage_step(trainer, base, step, timer, args.warmup, args.iters)
         cc = cfg.cameras
         rows.append({"stage": stage, "step": step, "batch": cc.batch_sizes[stage], "resolution": cc.resolutions[stage],
                      "reference_resolution": cc.reference_resolutions[stage],

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar, Dict, Optional
 
 import torch
 
-from ..errors import Zero123Error
+from ..utils.registry import lookup, registrar
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..pipelines.image_to_3d_config import ImageTo3DConfig
@@ -51,12 +51,8 @@ class Guidance:
 GUIDANCES: Dict[str, type] = {}
 
 
-def register_guidance(cls: type) -> type:
-    """Class decorator: add ``cls`` to :data:`GUIDANCES` under ``cls.name``."""
-    if not cls.name:
-        raise TypeError(f"{cls.__name__} has no registry name")
-    GUIDANCES[cls.name] = cls
-    return cls
+#: class decorator: add a class to :data:`GUIDANCES` under its ``name``
+register_guidance = registrar(GUIDANCES)
 
 
 def build_guidance(config: "ImageTo3DConfig", model, reference: "ReferenceImage") -> Guidance:
@@ -65,8 +61,6 @@ def build_guidance(config: "ImageTo3DConfig", model, reference: "ReferenceImage"
     ``to3d`` restores its flags afterwards)."""
     from . import sds  # noqa: F401  (registers zero123-sds)
 
-    cls = GUIDANCES.get(config.guidance)
-    if cls is None:
-        raise Zero123Error(f"unknown guidance {config.guidance!r}: use one of {', '.join(GUIDANCES)}")
+    cls = lookup(GUIDANCES, config.guidance, "guidance")
     model.eval().requires_grad_(False)  # read-only: only the representation is trained
     return cls.from_config(config, model, reference)

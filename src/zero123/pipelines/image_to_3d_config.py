@@ -166,17 +166,15 @@ class ImageTo3DConfig:
         from ..camera import check_elevation
         from ..guidance import GUIDANCES
         from ..representations import REPRESENTATIONS
+        from ..utils.registry import lookup
 
         check_elevation(self.reference.elevation, "input elevation")
         if not (self.reference.distance > 0 and 0 < self.reference.fovy < 180):
             raise Zero123Error("reference.distance must be > 0 and reference.fovy in (0, 180) degrees")
         if self.reference.image_size < 4:
             raise Zero123Error(f"reference.image_size must be >= 4 px, got {self.reference.image_size}")
-        if self.representation not in REPRESENTATIONS:
-            raise Zero123Error(f"unknown representation {self.representation!r}: use one of "
-                               f"{', '.join(REPRESENTATIONS)}")
-        if self.guidance not in GUIDANCES:
-            raise Zero123Error(f"unknown guidance {self.guidance!r}: use one of {', '.join(GUIDANCES)}")
+        lookup(REPRESENTATIONS, self.representation, "representation")
+        lookup(GUIDANCES, self.guidance, "guidance")
         return self
 
     def to_dict(self) -> dict:
