@@ -5,14 +5,17 @@ std = size / 6), anisotropic and rotated, sigma 0.5..2.5 px at 128 px (scaled wi
 opacity 0.1..0.9, RGB colours. Loss = sum(image * g) + sum(alpha * g') with fixed random g, g'; gradients of
 means, conics, opacities, colours and background.
 
-Rows: ``torch`` (dense reference, chunked + checkpointed) and ``triton`` (tile kernels); ``gsplat`` only where
-``import gsplat`` works (reported as missing otherwise). Time: CUDA events around each call after ``--warmup``
+Rows: ``torch`` (dense reference, chunked + checkpointed, culled per chunk), ``torch-nocull`` (every Gaussian at
+every pixel) and ``triton`` (tile kernels); ``gsplat`` only where ``import gsplat`` works (reported as missing
+otherwise). Time: CUDA events around each call after ``--warmup``
 calls, median of ``--iters`` (wall clock on CPU). Also per size: peak CUDA memory of the call, and the triton vs
 torch max abs difference of image and gradients (relative to the largest entry), measured at full size.
 
     bash bench/device/gaussian_raster.sh                                          # H200 (needs $OUT)
     TRITON_INTERPRET=1 python bench/bench_gaussian_raster.py --device cpu --n 60 --res 16 32 --batch 2 \
         --warmup 0 --iters 1 --out /tmp/gs.json --table /tmp/gs.md                # CPU smoke (interpreter)
+    python bench/bench_gaussian_raster.py --device cpu --backends torch torch-nocull --n 5000 --res 64 \
+        --warmup 0 --iters 1                                                      # CPU: what the culling saves
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from zero123.representations.gaussians.rasterize import rasterize_gaussians  # noqa: E402
 
 GRAD_INPUTS = ("means2d", "conics", "opacities", "colors", "background")
+# rows: rasterize_gaussians keyword arguments ("torch" is the baseline of the speed-up and agreement columns)
+BACKENDS = {"torch": dict(backend="torch"), "torch-nocull": dict(backend="torch", cull=False),
+            "triton": dict(backend="triton")}
 
 
 def make_scene(batch: int, n: int, res: int, device: str, seed: int = 0) -> dict:
@@ -79,11 +85,11 @@ def run_backend(scene: dict, backend: str, grads: tuple, timer: Timer, warmup: i
 
     def forward():
         with torch.no_grad():
-            rasterize_gaussians(**scene, backend=backend)
+            rasterize_gaussians(**scene, **BACKENDS[backend])
 
     def forward_backward():
         inputs = {k: scene[k].detach().clone().requires_grad_(True) for k in GRAD_INPUTS}
-        image, alpha = rasterize_gaussians(**dict(scene, **inputs), backend=backend)
+        image, alpha = rasterize_gaussians(**dict(scene, **inputs), **BACKENDS[backend])
         ((image * grad_image).sum() + (alpha * grad_alpha).sum()).backward()
         state.update(image=image.detach(), alpha=alpha.detach(), **{k: inputs[k].grad for k in GRAD_INPUTS})
 
@@ -119,7 +125,7 @@ def main(argv=None) -> dict:
     p.add_argument("--n", type=int, nargs="+", default=[5000, 20000, 50000])
     p.add_argument("--res", type=int, nargs="+", default=[128, 256, 512])
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--backends", nargs="+", default=["torch", "triton", "gsplat"])
+    p.add_argument("--backends", nargs="+", default=["torch", "triton", "gsplat"], choices=[*BACKENDS, "gsplat"])
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--triton-configs", nargs="+", default=None, metavar="GxW",
@@ -143,8 +149,10 @@ def main(argv=None) -> dict:
         configs = [dict(rasterize_triton.CONFIG)]
         if args.triton_configs:
             configs = [dict(BLOCK_G=int(c.split("x")[0]), num_warps=int(c.split("x")[1])) for c in args.triton_configs]
-    # the Triton rows first: when a time limit cuts the (slow) dense rows of the largest size, theirs are kept
-    runs = [("triton", c) for c in configs if "triton" in backends] + [(be, None) for be in backends if be != "triton"]
+    # the Triton rows first (a time limit that cuts the slow dense rows of the largest size keeps theirs), the
+    # "torch" baseline last (each row before it gets its agreement columns then)
+    runs = [("triton", c) for c in configs if "triton" in backends]
+    runs += [(be, None) for be in backends if be not in ("triton", "torch")] + [("torch", None)] * ("torch" in backends)
     rows = []
     for n in args.n:
         for res in args.res:
@@ -154,8 +162,9 @@ def main(argv=None) -> dict:
                      torch.randn(args.batch, res, res, 1, generator=g).to(args.device))
             fast_rows = []
             for be, config in runs:
-                iters = args.torch_iters or args.iters if be == "torch" else args.iters
-                warmup = min(args.warmup, 1) if be == "torch" else args.warmup    # the dense path is slow and steady
+                dense = be.startswith("torch")
+                iters = args.torch_iters or args.iters if dense else args.iters
+                warmup = min(args.warmup, 1) if dense else args.warmup    # the dense path is slow and steady
                 if config:
                     rasterize_triton.CONFIG.update(config)
                 label = be if not config or len(configs) == 1 else f"{be} G{config['BLOCK_G']} w{config['num_warps']}"

@@ -144,6 +144,8 @@ def test_bin_gaussians_covers_every_footprint_in_depth_order():
 
 @pytest.mark.parametrize("change, message", [
     (dict(colors=torch.zeros(2, 5, 3)), "colors must be"),
+    (dict(colors=torch.zeros(2, 6)), "colors must be"),
+    (dict(colors=torch.zeros(2, 6, 0)), "at least one channel"),
     (dict(background=torch.zeros(2, 4)), "background must be"),
     (dict(means2d=torch.zeros(2, 6, 3)), "means2d must be"),
     (dict(depths=torch.zeros(6)), "depths must be"),

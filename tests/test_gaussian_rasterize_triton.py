@@ -32,7 +32,7 @@ def _render_and_grads(scene, backend, grad_image, grad_alpha):
 def test_triton_matches_dense_reference(height, width, channels):
     """Float32 agreement relative to each tensor's largest entry: the kernels sum per-pixel terms into each
     Gaussian's gradient in another order (atomic adds over tiles) than autograd (measured under the CPU
-    interpreter: <= 8e-7 of the largest entry, for every output and gradient)."""
+    interpreter: <= 1.0e-6 of the largest entry, for every output and gradient; conics worst)."""
     s = make_scene(b=2, n=40, height=height, width=width, c=channels, seed=channels)
     s = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in s.items()}
     g = torch.Generator().manual_seed(1)

@@ -108,10 +108,12 @@ def _check_inputs(means2d, conics, depths, opacities, colors, background, height
         raise Zero123Error(f"Gaussian depths must be [B, N], got shape {tuple(depths.shape)}")
     b, n = depths.shape
     c = colors.shape[-1] if colors.dim() == 3 else -1
+    if c == 0:
+        raise Zero123Error("Gaussian colors need at least one channel, got shape [B, N, 0]")
     expected = {"means2d": (means2d, (b, n, 2)), "conics": (conics, (b, n, 3)), "opacities": (opacities, (b, n)),
                 "colors": (colors, (b, n, c)), "background": (background, (b, c)), "radii": (radii, (b, n))}
     for name, (t, shape) in expected.items():
-        if tuple(t.shape) != shape or c < 1:
+        if tuple(t.shape) != shape:
             want = "x".join("C" if s == -1 else str(s) for s in shape)
             raise Zero123Error(f"Gaussian {name} must be [{want}] (B={b}, N={n}), got shape {tuple(t.shape)}")
     return b, n
