@@ -260,9 +260,9 @@ class Zero123App:
         """Novel views of the session's input; a fresh ``views/`` folder each call (view_NN.png, grid.png)."""
         import torch
 
-        from .commands._common import atomic_save_image, image_grid
         from .pipelines.zero123_pipeline import check_noise_scale
-        from .utils.atomic import atomic_folder
+        from .utils.atomic import atomic_folder, atomic_save_image
+        from .utils.images import save_image_grid
 
         src = self.input_path(session)
         if len(azimuths) > self.config.max_views:
@@ -279,7 +279,7 @@ class Zero123App:
         with atomic_folder(final) as tmp:  # a fresh views/ each call, never mixed with the last one's
             for i, im in enumerate(out.images):
                 atomic_save_image(im, tmp / f"view_{i:02d}.png")
-            atomic_save_image(image_grid([out.input_image.rgb] + out.images), tmp / "grid.png")
+            save_image_grid([out.input_image.rgb] + out.images, tmp / "grid.png")
         return ViewsResult(images=[final / f"view_{i:02d}.png" for i in range(len(out.images))],
                            grid=final / "grid.png")
 
