@@ -149,14 +149,14 @@ def _object_source(entry, up: str):
 
 
 def _render_settings(manifest):
-    from ..data.render import RenderSettings
+    from ..data.render import DatasetRenderSettings
 
-    names = {f.name for f in fields(RenderSettings)}
+    names = {f.name for f in fields(DatasetRenderSettings)}
     st = {k: (tuple(v) if isinstance(v, list) else v) for k, v in manifest.settings.items() if k in names}
     if "seed" not in st:
         raise Zero123Error("the manifest has no render settings (a merged dataset?): eval-3d needs the folder "
                            "written by `zero123 render-dataset`")
-    return RenderSettings(**st)
+    return DatasetRenderSettings(**st)
 
 
 def load_ground_truth(root, manifest, entry, up: str = "y") -> GroundTruth:
@@ -164,7 +164,7 @@ def load_ground_truth(root, manifest, entry, up: str = "y") -> GroundTruth:
     import trimesh
 
     from ..data import layout
-    from ..data.render import _object_rng, normalize_to_unit_cube, sample_cameras, sample_lighting
+    from ..data.render import _object_rng, normalize_to_unit_cube, sample_lighting, sample_view_cameras
     from ..rendering.mesh_rasterizer import _geometries, prepare_mesh
 
     settings = _render_settings(manifest)
@@ -178,7 +178,7 @@ def load_ground_truth(root, manifest, entry, up: str = "y") -> GroundTruth:
     mesh = geoms[0].copy() if len(geoms) == 1 else trimesh.util.concatenate(geoms)
     mesh.vertices = (np.asarray(mesh.vertices, dtype=np.float64) - centre) / extent
     rng = _object_rng(settings.seed, entry.id)
-    sample_cameras(rng, settings)  # the renderer drew the cameras first, then the light
+    sample_view_cameras(rng, settings)  # the renderer drew the cameras first, then the light
     light, ambient = sample_lighting(rng, settings)
     rgba = np.stack([layout.read_view_rgba(root, entry.id, i) for i in range(entry.num_views)])
     c2w = torch.stack([layout.read_view_camera(root, entry.id, i) for i in range(entry.num_views)]).float()

@@ -28,7 +28,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..camera import fov_to_focal
+from ..camera import project_to_pixels, world_to_camera_points
 from ..errors import Zero123Error
 from .coverage import triangle_coverage
 
@@ -240,9 +240,7 @@ def _rasterize_view(pm: PreparedMesh, c2w: torch.Tensor, fov_deg: float, size: i
     """Z-buffer one view. Returns (zbuf [size*size] (inf = empty), face [size*size] (-1 = empty),
     bary [size*size,3] perspective-correct barycentrics w.r.t. the original face)."""
     n_pix = size * size
-    w2c_rot = c2w[:3, :3].T
-    w2c_t = -(w2c_rot @ c2w[:3, 3])
-    v_cam = pm.vertices @ w2c_rot.T + w2c_t  # [V,3]
+    v_cam = world_to_camera_points(pm.vertices, c2w)  # [V,3]
     tri_cam = v_cam[pm.faces]  # [F,3,3]
     depth = -tri_cam[..., 2]  # [F,3]
     face_id, weights = _clip_near(depth, near)
@@ -255,11 +253,7 @@ def _rasterize_view(pm: PreparedMesh, c2w: torch.Tensor, fov_deg: float, size: i
     # functions would lose ~1e-3 relative accuracy there
     tri_cam, weights = tri_cam.double(), weights.double()
     rt = weights @ tri_cam[face_id]  # [T,3,3] raster triangle vertices, camera space
-    d = (-rt[..., 2]).clamp_min(near * 0.5)  # [T,3]
-    f = fov_to_focal(fov_deg, size)
-    half = size / 2.0
-    sx = half + f * rt[..., 0] / d  # [T,3] pixel x (columns, right)
-    sy = half - f * rt[..., 1] / d  # pixel y (rows, down)
+    sx, sy, d = project_to_pixels(rt, fov_deg, size, min_depth=near * 0.5)  # [T,3] pixel x (right), y (down), depth
 
     inv_d = 1.0 / d
     # pixel centres (j + 0.5, i + 0.5) are the kernel's integer sample points
