@@ -56,7 +56,7 @@ def test_kernel_edge_cases():
 def test_users_reproduce_the_replaced_kernels():
     """Counts the old ``export.texture.rasterize_uv`` and ``mesh_reconstruction.voxelize`` gave on these inputs."""
     from zero123.export.texture import rasterize_uv
-    from zero123.pipelines.mesh_reconstruction import voxelize
+    from zero123.evaluation.mesh_reconstruction import voxelize
 
     box, cyl = trimesh.creation.box((0.8, 0.5, 0.6)), trimesh.creation.cylinder(0.4, 1.0, sections=24)
     assert voxelize(box, 32).sum() == 768 and voxelize(cyl, 32).sum() == 1568

@@ -122,7 +122,7 @@ class Zero123App:
         if self.config.matting_model is not None and not Path(self.config.matting_model).is_file():
             raise Zero123Error(f"matting model not found: {self.config.matting_model}")
         if self.config.t2i_model is not None:
-            from .text2image import check_model_path
+            from .pipelines.text2image import check_model_path
 
             check_model_path(self.config.t2i_model)
 
@@ -158,7 +158,7 @@ class Zero123App:
     def _t2i_model(self):
         with self._lock:
             if self._t2i is None:
-                from .text2image import TextToImage
+                from .pipelines.text2image import TextToImage
 
                 c = self.config
                 self._t2i = TextToImage.from_pretrained(c.t2i_model, device=c.device)

@@ -14,7 +14,7 @@ For each held-out object of a ``zero123 render-dataset`` folder:
 * **Rows.** ``model``: :func:`zero123.pipelines.image_to_3d.to3d` on the input view (told its elevation) with the
   preset; its ``model.ply`` is in the export frame (front toward +Z, :mod:`zero123.camera`), mapped back into
   the ground truth's world with the input camera's azimuth. ``gt_views``: the 3D stage's upper bound,
-  :func:`zero123.pipelines.mesh_reconstruction.reconstruct_mesh` from many ground-truth renders.
+  :func:`zero123.evaluation.mesh_reconstruction.reconstruct_mesh` from many ground-truth renders.
   ``extrude``: the input silhouette extruded along the viewing axis (orthographically, in the plane through the
   origin) to a depth equal to its width. ``sphere``: a sphere of the silhouette's size (diameter = the larger
   side of its bounding box) in that plane. Baselines are coloured by projecting the input view onto them
@@ -244,10 +244,10 @@ def shape_metrics(pred, gt, points: int = 2000, iou_resolution: int = 64, thresh
     """Chamfer, volume IoU and F-scores of two meshes already in the unit cube (see the module docstring).
 
     Distances go to the other mesh subdivided to edges under half an IoU cell, where the nearest-centroid
-    candidates of :func:`zero123.pipelines.mesh_reconstruction.point_mesh_distance` are exact."""
+    candidates of :func:`zero123.evaluation.mesh_reconstruction.point_mesh_distance` are exact."""
     import trimesh
 
-    from ..pipelines.mesh_reconstruction import point_mesh_distance
+    from .mesh_reconstruction import point_mesh_distance
 
     fine_p, fine_g = _fine(pred, 0.5 / iou_resolution), _fine(gt, 0.5 / iou_resolution)
     pp = np.asarray(trimesh.sample.sample_surface(pred, points, seed=seed)[0])
@@ -395,7 +395,7 @@ def load_result_mesh(path, input_azimuth: float):
 def _gt_views_mesh(gt: GroundTruth, cfg: Eval3DConfig, device):
     from ..export import MeshExtractionConfig, vertex_colors
     from ..fields import FieldConfig
-    from ..pipelines.mesh_reconstruction import ReconstructionConfig, reconstruct_mesh
+    from .mesh_reconstruction import ReconstructionConfig, reconstruct_mesh
     from ..rendering.volume import RenderSettings
 
     rc = ReconstructionConfig()

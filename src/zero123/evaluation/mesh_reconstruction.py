@@ -300,7 +300,7 @@ def analytic_shape(name: str):
 
 
 def main(argv=None) -> int:
-    """``python -m zero123.pipelines.mesh_reconstruction [shape ...] [--steps N]``: print the metrics."""
+    """``python -m zero123.evaluation.mesh_reconstruction [shape ...] [--steps N]``: print the metrics."""
     import argparse
 
     p = argparse.ArgumentParser(description=main.__doc__)
