@@ -1,7 +1,9 @@
 """Cameras for field rendering: ray bundles and the image-to-3D recipe's camera sampling.
 
-All matrices come from :func:`zero123.camera.camera_to_world` (z-up world, OpenGL camera axes: the camera looks
-down its -z, +y up in the image). Angles are degrees, distances world units. Pixel ``(row i, col j)`` of an
+Thin users of :mod:`zero123.camera`, where the maths lives: matrices from :func:`zero123.camera.camera_to_world`
+(z-up world, OpenGL camera axes: the camera looks down its -z, +y up in the image), rays from
+:func:`zero123.camera.pixel_rays`, band elevations from :func:`zero123.camera.sphere_band_elevation`. Angles are
+degrees, distances world units. Pixel ``(row i, col j)`` of an
 ``H x W`` image shoots the ray through its centre ``(j + 0.5, i + 0.5)``; row 0 is the top of the image.
 """
 
@@ -90,7 +92,7 @@ def sample_cameras(batch_size: int, generator: torch.Generator, elevation_range=
 
 
 def ray_bundle(c2w: torch.Tensor, fovy_deg, height: int, width: int | None = None):
-    """World-space rays of every pixel.
+    """World-space rays of every pixel (:func:`zero123.camera.pixel_rays`, ``c2w`` checked first).
 
     Args:
         c2w: ``[B,4,4]`` camera-to-world (OpenGL axes). fovy_deg: float or ``[B]`` vertical fov in degrees.

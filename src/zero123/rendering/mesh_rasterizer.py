@@ -7,10 +7,11 @@ OpenGL axes (the camera looks down its own -z, +y is up in the image, +x right);
 field of view in degrees; images are square, ``size x size``, row 0 at the top. Pixel ``(row i, col j)`` samples
 the ray through its centre ``(j + 0.5, i + 0.5)``.
 
-Algorithm: vertices are moved to camera space, triangles that cross the near plane are clipped (so cameras may
-sit inside big meshes), every triangle is expanded into the pixel centres of its screen bounding box, the
-screen-space barycentrics decide coverage, and a z-buffer (scatter-min over pixel index) keeps the nearest
-fragment per pixel. Attributes are interpolated perspective-correctly (barycentrics divided by depth).
+Algorithm: vertices are moved to camera space, triangles that cross the near plane are clipped (so cameras may sit
+inside big meshes), every triangle is expanded into the pixel centres of its screen bounding box, the screen-space
+barycentrics decide coverage (:mod:`zero123.rendering.coverage`, the package's one coverage kernel), and a z-buffer
+(scatter-min over pixel index) keeps the nearest fragment per pixel. Attributes are interpolated
+perspective-correctly (barycentrics divided by depth).
 Triangles are two-sided (no back-face culling; normals are flipped to face the camera for shading).
 
 Colours: a ``TextureVisuals`` with an image is sampled at the interpolated UV (bilinear, wrap-around; the
