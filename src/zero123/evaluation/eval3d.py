@@ -450,7 +450,7 @@ def _figure(out: Path, input_rgba: np.ndarray, gt: GroundTruth, views: Sequence[
     blank = np.full((gt.size, gt.size, 3), 255, np.uint8)
     grid = [[rgb(input_rgba)] + [rgb(gt.rgba[i]) for i in views]]
     grid += [[blank] + [rgb(x) for x in r[:len(views)]] for r in renders.values()]
-    return write_png(image_grid(grid, pad=2), out)
+    return write_png(image_grid(grid), out)
 
 
 def evaluate_3d(root, out_dir, cfg: Optional[Eval3DConfig] = None, *, checkpoint=None, variant=None, device=None,

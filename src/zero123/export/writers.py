@@ -11,6 +11,7 @@ so an interrupted export never leaves a truncated file under the final name.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from pathlib import Path
@@ -20,11 +21,13 @@ import numpy as np
 
 from ..errors import Zero123Error
 from ..utils.atomic import atomic_write, atomic_write_bytes
-from ..utils.images import image_grid  # noqa: F401  (the package's one image grid, exported here)
+from ..utils.images import image_grid as _image_grid
 
 
 # the package's one atomic writer (zero123.utils.atomic); ``atomic_write_with(path, writer)`` is its name here
 atomic_write_with = atomic_write
+# the package's one image grid (zero123.utils.images.image_grid) with the export previews' 2-pixel frame as default
+image_grid = functools.partial(_image_grid, pad=2)
 
 
 def to_export_frame(mesh, input_azimuth: Optional[float] = 0.0):
