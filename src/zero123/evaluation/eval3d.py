@@ -315,15 +315,13 @@ def _project_colors(mesh, rgba: np.ndarray, c2w: torch.Tensor, fov_deg: float):
     to its projection (perspective through the input camera)."""
     from scipy.ndimage import distance_transform_edt
 
-    from ..camera import fov_to_focal
+    from ..camera import project_to_pixels, world_to_camera_points
 
     size = rgba.shape[0]
-    f = fov_to_focal(fov_deg, size)
-    m = torch.linalg.inv(c2w.double()).numpy()
-    p = np.asarray(mesh.vertices) @ m[:3, :3].T + m[:3, 3]
-    depth = np.maximum(-p[:, 2], 1e-6)
-    col = np.clip(np.floor(p[:, 0] / depth * f + size / 2), 0, size - 1).astype(int)
-    row = np.clip(np.floor(size / 2 - p[:, 1] / depth * f), 0, size - 1).astype(int)
+    p = world_to_camera_points(torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float64), c2w.double())
+    x, y, _ = project_to_pixels(p, fov_deg, size, min_depth=1e-6)
+    col = np.clip(np.floor(x.numpy()), 0, size - 1).astype(int)
+    row = np.clip(np.floor(y.numpy()), 0, size - 1).astype(int)
     mask = rgba[..., 3] > 127
     _, (ni, nj) = distance_transform_edt(~mask, return_indices=True)
     rgb = rgba[ni[row, col], nj[row, col], :3]
