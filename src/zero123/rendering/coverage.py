@@ -8,7 +8,7 @@ Convention: the grid's sample points are the integer coordinates ``(x, y)``, ``0
 height``; callers shift their triangles so that their sample points land there (pixel centres at ``j + 0.5``: pass
 ``x - 0.5``). Every triangle is expanded into the sample points of its bounding box; a point is covered when all
 three barycentrics are ``>= -eps`` (both windings; triangles of doubled area ``<= min_area`` cover nothing). The
-candidate pairs are processed in chunks of about ``chunk`` pairs (peak memory ~100 bytes per pair), so the kernel
+candidate pairs are processed in chunks of about ``chunk`` pairs (peak memory ~200 bytes per pair), so the kernel
 is a generator: a caller that only needs the union concatenates the chunks, the rasteriser reduces each chunk into
 its z-buffer.
 """

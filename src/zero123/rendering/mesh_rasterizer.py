@@ -35,7 +35,7 @@ from .coverage import triangle_coverage
 
 __all__ = ["render_mesh", "PreparedMesh", "prepare_mesh"]
 
-#: Upper bound on (triangle, pixel) candidate pairs processed at once; bounds peak memory (~40 bytes/pair).
+#: Upper bound on (triangle, pixel) candidate pairs processed at once (the coverage kernel's chunk, ~200 bytes/pair).
 _CHUNK_PAIRS = 1 << 21
 
 
