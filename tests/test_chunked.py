@@ -33,7 +33,13 @@ def _targets(batch=1):
     return torch.rand(batch, H, H, 3, generator=g), torch.rand(batch, H, H, 1, generator=g) > 0.5
 
 
-def _backward(field, cams, max_samples, *, background, with_sparsity=True):
+def _image_terms(rgb):
+    """A loss of the whole image that does not split by pixel (like SDS): a square of a mean and a product of
+    mirrored pixels."""
+    return {"sds": (rgb.mean() - 0.3) ** 2 * 10 + (rgb[..., 0] * rgb.flip(1)[..., 1]).mean()}
+
+
+def _backward(field, cams, max_samples, *, background, with_sparsity=True, image_terms=None):
     gt, mask = _targets(len(cams))
 
     def whole_terms(out):
@@ -41,7 +47,8 @@ def _backward(field, cams, max_samples, *, background, with_sparsity=True):
                 **regularisers(out, with_sparsity=with_sparsity)}
 
     field.zero_grad(set_to_none=True)
-    terms, stats = render_backward(field, cams, H, WEIGHTS, whole_terms=whole_terms, max_samples=max_samples,
+    terms, stats = render_backward(field, cams, H, {**WEIGHTS, "sds": 2.0}, whole_terms=whole_terms,
+                                   image_terms=image_terms, max_samples=max_samples,
                                    gt_rgb=gt, gt_mask=mask, background=background, with_sparsity=with_sparsity,
                                    settings=SETTINGS, generator=torch.Generator().manual_seed(1), with_normals=True,
                                    normal_perturb_std=0.01, shading="diffuse", ambient_ratio=0.4)
@@ -82,14 +89,15 @@ def test_without_the_border_row_the_band_gradient_differs(monkeypatch):
 
 
 def test_random_view_batch_in_parts_has_the_whole_batch_gradient():
-    """Views grouped into parts (and a view split in bands), random backgrounds, sparsity on."""
+    """Views split in bands, random backgrounds, sparsity on, and a whole-image term (SDS-like) whose
+    gradient w.r.t. the image is back-propagated part by part."""
     field = _field()
     cams = orbit_cameras(torch.tensor([5.0, 30.0, -5.0]), torch.tensor([0.0, 120.0, -100.0]),
                          torch.full((3,), 3.8), torch.full((3,), 20.0))
     bg = torch.tensor([[1.0, 1.0, 1.0], [0.2, 0.5, 0.9], [0.0, 0.3, 0.1]])
-    t1, s1, g1 = _backward(field, cams, None, background=bg)
-    t2, s2, g2 = _backward(field, cams, s1["samples"] // 4, background=bg)
-    assert s2["parts"] >= 4
+    t1, s1, g1 = _backward(field, cams, None, background=bg, image_terms=_image_terms)
+    t2, s2, g2 = _backward(field, cams, s1["samples"] // 4, background=bg, image_terms=_image_terms)
+    assert s2["parts"] >= 4 and "sds" in t2
     for k in t1:
         torch.testing.assert_close(t2[k], t1[k], rtol=1e-5, atol=1e-8)
     _assert_same_gradient(g1, g2)

@@ -174,14 +174,18 @@ def part_terms(out: RenderOutput, part: Part, whole: WholeCounts, *, gt_rgb: Opt
 
 def backward_in_parts(parts: Iterable[Part], render_part: Callable[[Part], RenderOutput],
                       terms_of: Callable[[RenderOutput, Part], Dict[str, torch.Tensor]],
-                      weights: Dict[str, float]) -> Dict[str, torch.Tensor]:
+                      weights: Dict[str, float],
+                      extra: Optional[Callable[[RenderOutput, Part], torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
     """For each part: render it, take its loss shares, back-propagate ``sum(weights[k] * term_k)`` (a weight
-    missing from ``weights`` is 0) and free its graph. Returns the detached terms summed over the parts."""
+    missing from ``weights`` is 0) plus ``extra(out, part)`` (already weighted) and free its graph. Returns the
+    detached terms summed over the parts."""
     totals: Dict[str, torch.Tensor] = {}
     for part in parts:
         out = render_part(part)
         terms = terms_of(out, part)
         loss = sum(weights.get(k, 0.0) * v for k, v in terms.items())
+        if extra is not None:
+            loss = loss + extra(out, part)
         if isinstance(loss, torch.Tensor) and loss.requires_grad:
             loss.backward()
         for k, v in terms.items():
@@ -195,6 +199,7 @@ __all__ = ["Part", "WholeCounts", "parts_by_samples", "opaque_ray_count", "part_
 
 def render_backward(field, cameras, height: int, weights: Dict[str, float], *,
                     whole_terms: Callable[[RenderOutput], Dict[str, torch.Tensor]],
+                    image_terms: Optional[Callable[[torch.Tensor], Dict[str, torch.Tensor]]] = None,
                     max_samples: Optional[int] = None, gt_rgb=None, gt_mask=None, background=None,
                     with_sparsity: bool = False, occupancy=None, settings=None, generator=None,
                     with_normals: bool = False, normal_perturb_std: float = 0.0, **render_kwargs):
@@ -203,9 +208,12 @@ def render_backward(field, cameras, height: int, weights: Dict[str, float], *,
 
     When the whole render fits in one part it is rendered whole and ``whole_terms(out)`` gives its terms (the
     unchunked computation exactly); else every part's :func:`part_terms` are back-propagated in turn (same
-    gradient, see the module docstring). ``render_kwargs``: shading, ambient_ratio, stratified. The random draws
-    are the ones a whole :func:`render` would make. Returns ``(terms, stats)``: the detached whole-render terms
-    and ``{"samples", "rays", "parts"}``."""
+    gradient, see the module docstring). ``image_terms(rgb [B,H,W,3])``: terms of the whole image that do not
+    split by pixel (SDS guidance); in parts they are taken on a no-grad render of the whole images, their
+    gradient w.r.t. the image ``g`` back-propagated, and each part adds ``sum(rgb_part * g_part)`` (the chain
+    rule: the same gradient, for one more no-grad render). Their draws (the generator's) come after the render's,
+    as in a whole render. ``render_kwargs``: shading, ambient_ratio, stratified. Returns ``(terms, stats)``: the
+    detached whole-render terms and ``{"samples", "rays", "parts"}``."""
     from .volume import render, sample_images
 
     samples = sample_images(field, cameras, height, occupancy=occupancy, settings=settings, generator=generator,
@@ -217,18 +225,34 @@ def render_backward(field, cameras, height: int, weights: Dict[str, float], *,
     stats = {"samples": samples.num_samples, "rays": samples.batch * height * height, "parts": len(parts)}
     if len(parts) == 1:
         out = render(field, cameras, height, **common)
-        terms = whole_terms(out)
+        terms = dict(image_terms(out.rgb)) if image_terms is not None else {}
+        terms.update(whole_terms(out))
         loss = sum(weights.get(k, 0.0) * v for k, v in terms.items())
         if isinstance(loss, torch.Tensor) and loss.requires_grad:
             loss.backward()
         return {k: v.detach() for k, v in terms.items()}, stats
+    totals: Dict[str, torch.Tensor] = {}
+    extra = None
+    if image_terms is not None:
+        with torch.no_grad():
+            rgb = torch.cat([torch.cat([render(field, cameras, height, rows=p.rows, views=p.views, **common).rgb
+                                        for p in parts if (p.views.start, p.views.stop) == v], dim=1)
+                             for v in dict.fromkeys((p.views.start, p.views.stop) for p in parts)])
+        image = rgb.detach().requires_grad_(True)
+        totals = dict(image_terms(image))
+        loss = sum(weights.get(k, 0.0) * v for k, v in totals.items())
+        grad = torch.autograd.grad(loss, image, allow_unused=True)[0] if loss.requires_grad else None
+        totals = {k: v.detach() for k, v in totals.items()}
+        if grad is not None:
+            def extra(out, p):
+                return (_own(out, p, "rgb") * grad[p.views, p.rows]).sum()
     opaque = opaque_ray_count(field, cameras, samples) if with_normals else None
     whole = WholeCounts(samples.batch, height, height, samples.num_samples, opaque)
     terms = backward_in_parts(
         parts, lambda p: render(field, cameras, height, rows=p.render_rows, views=p.views, **common),
         lambda out, p: part_terms(out, p, whole, gt_rgb=gt_rgb, gt_mask=gt_mask, background=background,
-                                  with_sparsity=with_sparsity), weights)
-    return terms, stats
+                                  with_sparsity=with_sparsity), weights, extra)
+    return {**totals, **terms}, stats
 
 
 __all__ += ["render_backward"]
