@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         rc = zero123_main(argv[split + 1:])
     except SystemExit as exc:
         rc = exc.code if isinstance(exc.code, int) else 1
-    report = {"args": argv[split + 1:], "rc": rc, "cap_gib": args.cap_gib or None,
+    report = {"args": argv[split + 1:], "rc": rc, "cap_gib": (args.cap_gib or None) if cuda else None,
               "process_s": time.perf_counter() - t0,
               "max_allocated_gib": torch.cuda.max_memory_allocated() / GIB if cuda else None,
               "max_reserved_gib": torch.cuda.max_memory_reserved() / GIB if cuda else None}

@@ -29,6 +29,7 @@ def test_a_run_that_cannot_fit_names_max_memory():
     with pytest.raises(Zero123Error, match="--max-memory must be a positive"):
         resolve_budget(0, "cpu")
     assert resolve_budget(None, "cpu") is None and resolve_budget(1.5, "cpu") == int(1.5 * GIB)
+    assert resolve_budget(float("inf"), "cuda") is None          # --max-memory inf: whole renders
 
 
 def _oom():

@@ -12,7 +12,7 @@
 #   PRESETS=fast bash bench/device/memory.sh        (~150 s)
 # Knobs: CAP_GIB (11), MAXMEM (--max-memory of the chunked run; empty: its default), T_RUN seconds a run
 # (default 255, fast 120), STEPS (the preset's). CPU check with tiny settings (tiny model, tiny preset):
-#   OUT=/tmp/o MEM_TINY=1 PRESETS=tiny MAXMEM=0.3 bash bench/device/memory.sh
+#   OUT=/tmp/o MEM_TINY=1 PRESETS=tiny MAXMEM=3 bash bench/device/memory.sh   (MAXMEM=0.3: the one-line error)
 set -uo pipefail
 # shellcheck source=bench/device/env.sh
 . bench/device/env.sh

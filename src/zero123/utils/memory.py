@@ -53,9 +53,12 @@ def default_budget(device) -> Optional[int]:
 
 
 def resolve_budget(max_memory_gib: Optional[float], device) -> Optional[int]:
-    """``--max-memory`` in GiB (checked: > 0), else :func:`default_budget`; bytes or None (no bound)."""
+    """``--max-memory`` in GiB (checked: > 0; ``inf``: no bound, whole renders), else :func:`default_budget`;
+    bytes or None (no bound)."""
     if max_memory_gib is None:
         return default_budget(device)
+    if float(max_memory_gib) == float("inf"):
+        return None
     if not float(max_memory_gib) > 0:
         raise Zero123Error(f"--max-memory must be a positive number of GiB, got {max_memory_gib}")
     return int(float(max_memory_gib) * GIB)
