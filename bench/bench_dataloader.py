@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from zero123.data import layout  # noqa: E402
 from zero123.data.objects import procedural_sources  # noqa: E402
-from zero123.data.render import RENDER_STATS_NAME, RenderSettings, render_dataset  # noqa: E402
+from zero123.data.render import RENDER_STATS_NAME, DatasetRenderSettings, render_dataset  # noqa: E402
 from zero123.training.dataset import DrawSampler, DrawStream, ViewPairDataset  # noqa: E402
 from zero123.training.trainer import PairCollate  # noqa: E402
 
@@ -134,8 +134,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         root = Path(args.data) if args.data else Path(tmp) / "renders"
         if not args.data:
-            settings = RenderSettings(image_size=args.image_size, views_per_object=args.views, seed=0,
-                                      test_fraction=0.0)
+            settings = DatasetRenderSettings(image_size=args.image_size, views_per_object=args.views, seed=0,
+                                             test_fraction=0.0)
             render_dataset(procedural_sources(args.render, seed=0), root, settings, workers=args.render_workers,
                            progress=False)
             st = json.loads((root / RENDER_STATS_NAME).read_text())

@@ -53,11 +53,11 @@ PHOTO_SIZE = (1024, 768)
 def render_objects(names, views: int = 2, size: int = 384):
     """{(name, view): RGBA uint8 [size,size,4]} of pybullet_data meshes (needs pybullet)."""
     from zero123.data.objects import pybullet_sources
-    from zero123.data.render import RenderSettings, render_object_views
+    from zero123.data.render import DatasetRenderSettings, render_object_views
 
     sources = {s.id: s for s in pybullet_sources(random_urdfs=False)}
-    settings = RenderSettings(image_size=size, views_per_object=views, elevation_range=(0.0, 40.0),
-                              distance_range=(1.6, 1.9), samples=2)
+    settings = DatasetRenderSettings(image_size=size, views_per_object=views, elevation_range=(0.0, 40.0),
+                                     distance_range=(1.6, 1.9), samples=2)
     out = {}
     for name in names:
         rgba, _ = render_object_views(sources[f"pybullet_{name}"].load(), name, settings)

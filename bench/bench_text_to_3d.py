@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from zero123.errors import Zero123Error  # noqa: E402
-from zero123.text2image import PRESETS, TextToImage  # noqa: E402
+from zero123.pipelines.text2image import PRESETS, TextToImage  # noqa: E402
 
 # ----- SDXL base 1.0 sizes (stabilityai/stable-diffusion-xl-base-1.0 configs, written out) ---------------------------
 SDXL_UNET = dict(

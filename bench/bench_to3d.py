@@ -114,21 +114,57 @@ def stage_steps(cfg) -> list:
     return out
 
 
+def make_trainer(model, image, cfg, seed: int = 0):
+    """An ``ImageTo3DTrainer`` of ``cfg`` on ``model``, with either trainer API: the parts built from the config
+    keys (``zero123.representations`` present, after issue 17) or the one before it (``ImageTo3DTrainer(model,
+    reference, cfg)``, commit 016885c), so that the same benchmark times both."""
+    from zero123.pipelines.image_to_3d import ImageTo3DTrainer, prepare_reference
+
+    try:
+        from zero123.guidance import build_guidance
+        from zero123.representations import build_representation
+    except ImportError:  # the trainer before the Representation/Guidance interfaces
+        ref = prepare_reference(image, cfg.reference_image_size, model.image_size)
+        return ImageTo3DTrainer(model, ref, cfg, seed=seed)
+    ref = prepare_reference(image, cfg.reference.image_size, model.image_size)
+    rep = build_representation(cfg, model.device, seed=seed)
+    return ImageTo3DTrainer(rep, build_guidance(cfg, model, ref), ref, cfg, seed=seed)
+
+
+def guide(guidance, rgb, elevation, azimuth, radius, schedule_step, generator):
+    """One guidance call with either API: ``Cameras`` (after issue 17) or elevation/azimuth/radius (before)."""
+    if hasattr(guidance, "loss_name"):
+        from zero123.rendering.cameras import orbit_cameras
+
+        return guidance(rgb, orbit_cameras(elevation, azimuth, radius, 20.0), schedule_step, generator=generator)
+    return guidance(rgb, elevation, azimuth, radius, schedule_step, generator=generator)
+
+
 def primed_trainer(args, device, image, fast: bool, graph: bool = False):
     """An ``ImageTo3DTrainer`` of the default recipe (tiny with ``--tiny``) on a new naive/fast model, after
     ``--prime-steps`` steps that shape the field a little, so that sample counts resemble a real run."""
-    from zero123.pipelines.image_to_3d import ImageTo3DTrainer, prepare_reference
     from zero123.pipelines.image_to_3d_config import preset_config
 
     model = build_model(args, device, fast)
     cfg = preset_config("tiny" if args.tiny else "default")
     cfg.sds.cuda_graph = graph
     cfg.field.encoding_backend = "auto" if fast else "torch"
-    ref = prepare_reference(image, cfg.reference_image_size, model.image_size)
-    trainer = ImageTo3DTrainer(model, ref, cfg, seed=0)
+    trainer = make_trainer(model, image, cfg, seed=0)
     for _ in range(args.prime_steps):
         trainer.train_step()
     return trainer
+
+
+def time_stage_step(trainer, state: dict, step: int, timer, warmup: int, iters: int) -> list:
+    """Seconds of training step ``step`` (``warmup`` untimed, then ``iters`` timed), ``state`` restored first and
+    every step taken from the same step number."""
+    trainer.load_state_dict(copy.deepcopy(state))
+
+    def one_step():
+        trainer.step = step
+        trainer.train_step()
+
+    return timer(one_step, warmup, iters)
 
 
 def bench_path(name, args, device, image, fast: bool, graph: bool = False) -> dict:
@@ -142,13 +178,7 @@ def bench_path(name, args, device, image, fast: bool, graph: bool = False) -> di
     base_state = copy.deepcopy(trainer.state_dict())
     res = {"path": name, "stages": []}
     for stage, step in enumerate(stage_steps(cfg)):
-        trainer.load_state_dict(copy.deepcopy(base_state))
-
-        def one_step():
-            trainer.step = step
-            trainer.train_step()
-
-        step_times = timer(one_step, args.warmup, args.iters)
+        step_times = time_stage_step(trainer, base_state, step, timer, args.warmup, args.iters)
         # SDS alone at this stage's batch/resolution
         cc = cfg.cameras
         B, r = cc.batch_sizes[stage], cc.resolutions[stage]
@@ -160,7 +190,7 @@ def bench_path(name, args, device, image, fast: bool, graph: bool = False) -> di
         sched = cfg.schedule_step(step)
 
         def sds_step():
-            out = trainer.guidance(rgb, elev, azim, rad, sched, generator=g)
+            out = guide(trainer.guidance, rgb, elev, azim, rad, sched, g)
             out.loss.backward()
             rgb.grad = None
 
@@ -188,8 +218,6 @@ def bench_path(name, args, device, image, fast: bool, graph: bool = False) -> di
 def sds_variants(args, device, image) -> list:
     """SDS alone (VAE encode with gradient + guided UNet + backward) per stage, fp16 with and without
     channels_last on the UNet / VAE: which memory format the fast path should use."""
-    from zero123.guidance.sds import SDSGuidance
-    from zero123.pipelines.image_to_3d import prepare_reference
     from zero123.pipelines.image_to_3d_config import preset_config
 
     timer, rows = Timer(device), []
@@ -197,8 +225,7 @@ def sds_variants(args, device, image) -> list:
     cc = cfg.cameras
     for unet_cl, vae_cl in ((True, True), (False, False), (True, False)):
         model = build_model(args, device, True, unet_cl, vae_cl)
-        ref = prepare_reference(image, cfg.reference_image_size, model.image_size)
-        guidance = SDSGuidance(model, ref.condition, cfg.sds)
+        guidance = make_trainer(model, image, cfg).guidance
         fmt = {True: "channels_last", False: "contiguous"}
         name = f"fp16, UNet {fmt[unet_cl]}, VAE {fmt[vae_cl]}"
         for stage, (B, r) in enumerate(zip(cc.batch_sizes, cc.resolutions)):
@@ -207,7 +234,7 @@ def sds_variants(args, device, image) -> list:
             elev, azim, rad = torch.full((B,), 20.0), torch.linspace(-180, 180, B + 1)[:-1], torch.full((B,), 3.8)
 
             def step():
-                guidance(rgb, elev, azim, rad, 100.0, generator=g).loss.backward()
+                guide(guidance, rgb, elev, azim, rad, 100.0, g).loss.backward()
                 rgb.grad = None
 
             t = statistics.median(timer(step, args.warmup, args.iters))

@@ -3,8 +3,8 @@
 threestudio (``stable_zero123_guidance.py`` ``prepare_embeddings``) reads the RGBA file as is,
 ``cv2.resize(..., INTER_AREA)`` to the model size, and composites on white in float. ``to3d`` now does the same
 resize + float composite (``zero123.pipelines.image_to_3d.condition_image``) but, by default, first recentres the
-object to 0.8 of the frame (``recentre_input=True``, so raw photos work; ``recentre_input=False`` is threestudio's
-path exactly). Rows (relative L2 errors against threestudio's input view of the same file):
+object to 0.8 of the frame (``reference.recentre=True``, so raw photos work; ``reference.recentre=False`` is
+threestudio's path exactly). Rows (relative L2 errors against threestudio's input view of the same file):
 
 * ``old``: the previous preparation, PIL composite in uint8 then LANCZOS to the model size (after recentring);
 * ``recentred (default)``: today's default (recentring, then threestudio's resize/composite);

@@ -102,8 +102,8 @@ def test_image_to_3d_cancel_then_resume_equals_an_uninterrupted_run(app, photo, 
     to3d(str(inp), out_dir=tmp_path / "full", preset="tiny", steps=2, seed=2, model=app.pipeline.model,
          progress=False, export=False)
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(resumed.checkpoint)
-    for k, v in a["field"].items():
-        assert torch.equal(v, b["field"][k]), k
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
     app.prepare("frank", photo)
     with pytest.raises(Zero123Error, match="nothing to resume"):
         app.image_to_3d("frank", resume=True)

@@ -82,3 +82,35 @@ def test_top_view_is_well_defined():
 def test_out_of_range_elevation(bad):
     with pytest.raises(Zero123Error, match="out of range"):
         camera.SphericalPose(bad, 0.0, 2.0)
+
+
+def test_sphere_band_elevation_rules():
+    u = np.random.default_rng(0).random(20000)
+    el = camera.sphere_band_elevation(u, (-20.0, 70.0))
+    assert el.min() >= -20.0 and el.max() <= 70.0
+    # "area": sin(elevation) is uniform over [sin lo, sin hi] (Kolmogorov-Smirnov distance to the uniform CDF)
+    s = np.sort(np.sin(np.radians(el)))
+    lo, hi = math.sin(math.radians(-20)), math.sin(math.radians(70))
+    assert np.abs((s - lo) / (hi - lo) - (np.arange(len(s)) + 0.5) / len(s)).max() < 0.015
+    # "threestudio": asin(2p - 1), p uniform in [(lo + 90) / 180, (hi + 90) / 180]; torch and numpy agree
+    ts = camera.sphere_band_elevation(torch.from_numpy(u), (-10.0, 80.0), "threestudio")
+    ref = np.degrees(np.arcsin(2 * (80 / 180 + u * 90 / 180) - 1))
+    assert np.allclose(ts.numpy(), ref, atol=1e-9)
+    assert np.allclose(camera.sphere_band_elevation(u, (-10.0, 80.0), "threestudio"), ref, atol=1e-9)
+    assert np.allclose(camera.sphere_band_elevation(torch.from_numpy(u), (-20.0, 70.0)).numpy(), el, atol=1e-9)
+    with pytest.raises(ValueError, match="rule"):
+        camera.sphere_band_elevation(u, (0.0, 1.0), "cube")
+
+
+def test_projection_inverts_pixel_rays():
+    c2w = camera.camera_to_world(torch.tensor([25.0]), torch.tensor([-60.0]), torch.tensor([2.5]))
+    origins, dirs = camera.pixel_rays(c2w, 40.0, 6, 6)
+    assert torch.allclose(origins[0, 0, 0], c2w[0, :3, 3])
+    pts = origins[0] + 1.7 * dirs[0]  # [6,6,3] world points, one on each pixel's ray
+    p_cam = camera.world_to_camera_points(pts.reshape(-1, 3), c2w[0])
+    # the camera sits at the origin of its frame and looks down -z: distances are kept, depth is positive
+    assert torch.allclose(p_cam.norm(dim=-1), torch.full((36,), 1.7), atol=1e-5) and (p_cam[:, 2] < 0).all()
+    x, y, depth = camera.project_to_pixels(p_cam, 40.0, 6)
+    jj, ii = torch.meshgrid(torch.arange(6) + 0.5, torch.arange(6) + 0.5, indexing="xy")
+    assert torch.allclose(x, jj.reshape(-1), atol=1e-4) and torch.allclose(y, ii.reshape(-1), atol=1e-4)
+    assert torch.allclose(depth, -p_cam[:, 2])

@@ -58,8 +58,8 @@ def test_to3d_variant_reaches_the_loader(tmp_path, fixtures_dir, monkeypatch):
     """The fixture's file name says nothing about the variant: without --variant it loads as zero123."""
     seen = []
 
-    def capture(self, model, *a, **k):
-        seen.append(model.variant.value)
+    def capture(self, representation, guidance, *a, **k):
+        seen.append(guidance.model.variant.value)
         raise Stop
 
     monkeypatch.setattr(ImageTo3DTrainer, "__init__", capture)

@@ -14,7 +14,7 @@ from zero123.cli import main
 from zero123.data import layout
 from zero123.data.objects import (PROCEDURAL_KINDS, ObjectSource, load_mesh_file, mesh_file_sources,
                                   procedural_object, procedural_sources, pybullet_available, pybullet_sources)
-from zero123.data.render import (RenderSettings, assign_splits, normalize_to_unit_cube, render_dataset,
+from zero123.data.render import (DatasetRenderSettings, assign_splits, normalize_to_unit_cube, render_dataset,
                                  render_object_views)
 from zero123.errors import Zero123Error
 from zero123.rendering.mesh_rasterizer import render_mesh
@@ -191,7 +191,7 @@ def _make_inputs(tmp_path):
 def test_render_dataset_end_to_end(tmp_path):
     meshes = _make_inputs(tmp_path)
     sources = procedural_sources(3, seed=1) + mesh_file_sources([str(meshes)], up="z")
-    settings = RenderSettings(**SMALL, seed=5, test_fraction=0.34)
+    settings = DatasetRenderSettings(**SMALL, seed=5, test_fraction=0.34)
     root = tmp_path / "ds"
     m = render_dataset(sources, root, settings, workers=1, progress=False)
     assert {o.id for o in m.objects} == {"proc_1_00000", "proc_1_00001", "proc_1_00002", "box"}
@@ -233,7 +233,7 @@ def test_render_dataset_end_to_end(tmp_path):
 
 def test_render_dataset_deterministic_across_workers(tmp_path):
     sources = procedural_sources(3, seed=2)
-    settings = RenderSettings(**SMALL, seed=9)
+    settings = DatasetRenderSettings(**SMALL, seed=9)
     a = render_dataset(sources, tmp_path / "a", settings, workers=1, progress=False)
     b = render_dataset(sources, tmp_path / "b", settings, workers=2, progress=False)
     assert a.to_json()["objects"] == b.to_json()["objects"]
@@ -244,18 +244,18 @@ def test_render_dataset_deterministic_across_workers(tmp_path):
             assert torch.equal(layout.read_view_camera(tmp_path / "a", o.id, i),
                                layout.read_view_camera(tmp_path / "b", o.id, i))
     # a different seed gives different cameras
-    rgba, c2w = render_object_views(procedural_object(0), "x", RenderSettings(**SMALL, seed=1))
-    rgba2, c2w2 = render_object_views(procedural_object(0), "x", RenderSettings(**SMALL, seed=2))
+    rgba, c2w = render_object_views(procedural_object(0), "x", DatasetRenderSettings(**SMALL, seed=1))
+    rgba2, c2w2 = render_object_views(procedural_object(0), "x", DatasetRenderSettings(**SMALL, seed=2))
     assert not torch.allclose(c2w, c2w2)
 
 
 def test_render_settings_validation():
     with pytest.raises(Zero123Error, match="elevation range"):
-        RenderSettings(elevation_range=(10.0, -10.0)).validate()
+        DatasetRenderSettings(elevation_range=(10.0, -10.0)).validate()
     with pytest.raises(Zero123Error, match="fractions"):
-        RenderSettings(test_fraction=0.6, val_fraction=0.5).validate()
+        DatasetRenderSettings(test_fraction=0.6, val_fraction=0.5).validate()
     with pytest.raises(Zero123Error, match="image size"):
-        RenderSettings(image_size=2).validate()
+        DatasetRenderSettings(image_size=2).validate()
 
 
 def test_cli_render_dataset(tmp_path, capsys):
@@ -292,7 +292,7 @@ def test_pybullet_meshes(tmp_path):
     out = render_mesh(normalize_to_unit_cube(r0.load()), camera_to_world(20.0, 45.0, 2.0), 49.1, 32, ambient=1.0)
     assert torch.allclose(out["rgba"][0][out["mask"][0]][:, :3].mean(0), torch.tensor([0.04, 0.07, 0.91]),
                           atol=0.01)
-    m = render_dataset(pybullet_sources(limit=2), tmp_path / "pb", RenderSettings(**SMALL), workers=1,
+    m = render_dataset(pybullet_sources(limit=2), tmp_path / "pb", DatasetRenderSettings(**SMALL), workers=1,
                        progress=False)
     assert [o.source for o in m.objects] == ["pybullet:duck.obj", "pybullet:soccerball.obj"]
 
@@ -320,9 +320,9 @@ def test_merge_datasets_keeps_splits_and_reads_like_the_sources(tmp_path, capsys
     from zero123.training.dataset import ViewPairDataset
 
     a, b = tmp_path / "a", tmp_path / "b"
-    ma = render_dataset(procedural_sources(3, seed=0), a, RenderSettings(**SMALL, seed=0, test_fraction=0.34),
+    ma = render_dataset(procedural_sources(3, seed=0), a, DatasetRenderSettings(**SMALL, seed=0, test_fraction=0.34),
                         workers=1, progress=False)
-    mb = render_dataset(procedural_sources(2, seed=1), b, RenderSettings(**SMALL, seed=1, test_fraction=0.0),
+    mb = render_dataset(procedural_sources(2, seed=1), b, DatasetRenderSettings(**SMALL, seed=1, test_fraction=0.0),
                         workers=1, progress=False)
     assert main(["merge-datasets", "--out", str(tmp_path / "m"), str(a), str(b)]) == 0
     assert "5 objects (4 train, 0 val, 1 test)" in capsys.readouterr().out
@@ -339,8 +339,8 @@ def test_merge_datasets_keeps_splits_and_reads_like_the_sources(tmp_path, capsys
         assert all(torch.equal(x[k], y[k]) for k in ("target", "cond", "camera"))
     # bad input: an existing output, a repeated object id, a different image size -> one line, nothing written
     c = tmp_path / "c"
-    render_dataset(procedural_sources(1, seed=2), c, RenderSettings(image_size=16, views_per_object=2, samples=1),
-                   workers=1, progress=False)
+    render_dataset(procedural_sources(1, seed=2), c,
+                   DatasetRenderSettings(image_size=16, views_per_object=2, samples=1), workers=1, progress=False)
     for roots, out, msg in [((a,), "m", "already exists"), ((a, a), "m2", "'proc_0_00000' is in both"),
                             ((a, c), "m3", "image size 16 px")]:
         assert main(["merge-datasets", "--out", str(tmp_path / out)] + [str(r) for r in roots]) == 2

@@ -153,7 +153,7 @@ def test_to3d_auto_elevation_places_the_reference_camera(stable_pipe, tmp_path):
 
     res = to3d(object_rgba(), out_dir=tmp_path / "run", preset="tiny", steps=1, model=stable_pipe.model,
                progress=False, export=False, input_elevation="auto")
-    reference = prepare_reference(object_rgba(), preset_config("tiny").reference_image_size, 32)
+    reference = prepare_reference(object_rgba(), preset_config("tiny").reference.image_size, 32)
     expected = estimate_input_elevation(stable_pipe.model, reference.condition).degrees
     assert res.input_elevation == res.elevation_estimate["degrees"] == expected
-    assert load_checkpoint(tmp_path / "run")["config"]["sds"]["input_elevation"] == expected
+    assert load_checkpoint(tmp_path / "run")["config"]["reference"]["elevation"] == expected

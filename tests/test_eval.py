@@ -13,7 +13,7 @@ from zero123.camera import embedding_from_rt, spherical_from_position, world_to_
 from zero123.cli import main
 from zero123.data import layout
 from zero123.data.objects import procedural_sources
-from zero123.data.render import RenderSettings, render_dataset
+from zero123.data.render import DatasetRenderSettings, render_dataset
 from zero123.errors import Zero123Error
 from zero123.evaluation.metrics import LPIPS, PSNR_MAX_DB, load_lpips, psnr, ssim
 from zero123.evaluation.runner import evaluate, pipeline_predictor, select_pairs
@@ -23,7 +23,7 @@ from zero123.evaluation.runner import evaluate, pipeline_predictor, select_pairs
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalds")
     render_dataset(procedural_sources(5, seed=3), root,
-                   RenderSettings(image_size=32, views_per_object=4, samples=1, seed=3, test_fraction=0.4),
+                   DatasetRenderSettings(image_size=32, views_per_object=4, samples=1, seed=3, test_fraction=0.4),
                    workers=1, progress=False)
     return root
 

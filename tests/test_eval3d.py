@@ -12,7 +12,7 @@ import trimesh
 from zero123.cli import main
 from zero123.data import layout
 from zero123.data.objects import procedural_sources
-from zero123.data.render import RenderSettings, render_dataset
+from zero123.data.render import DatasetRenderSettings, render_dataset
 from zero123.evaluation.eval3d import (Eval3DConfig, extruded_silhouette, load_ground_truth, load_result_mesh,
                                        normalize_unit_cube, render_input_view, shape_metrics, silhouette_sphere,
                                        view_metrics)
@@ -22,8 +22,8 @@ from zero123.export import write_ply
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval3d") / "ds"
-    render_dataset(procedural_sources(4), root, RenderSettings(image_size=32, views_per_object=3, samples=1,
-                                                               test_fraction=0.5), workers=1, progress=False)
+    render_dataset(procedural_sources(4), root, DatasetRenderSettings(image_size=32, views_per_object=3, samples=1,
+                                                                      test_fraction=0.5), workers=1, progress=False)
     return root
 
 

@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from zero123.camera import camera_embedding
 from zero123.errors import Zero123Error
 from zero123.fields import FieldConfig, NeRFField, OccupancyGrid
-from zero123.guidance import (LossWeights, SDSConfig, SDSGuidance, mask_loss, normal_smooth_2d, normal_smooth_3d,
-                              opaque_loss, orient_loss, reference_rgb_loss, scale_schedule, scheduled_value,
+from zero123.guidance import (LossWeights, SDSConfig, SDSGuidance, mask_loss, normal_smooth_2d,
+                              opaque_loss, reference_rgb_loss, scale_schedule, scheduled_value,
                               sparsity_loss)
-from zero123.rendering.cameras import sample_cameras
+from zero123.rendering.cameras import orbit_cameras, sample_cameras
 from zero123.rendering.volume import RenderSettings, render
+from zero123.representations.nerf import normal_smooth_3d, orient_loss
 
 
 def test_schedules_follow_threestudio():
@@ -45,8 +46,8 @@ def test_camera_embedding_of_renders_matches_zero123_camera(variant):
     from zero123.models.configs import tiny_config
 
     model = tiny_config(variant).build(seed=0).eval()
-    cfg = SDSConfig(input_elevation=5.0, input_azimuth=0.0, input_radius=3.8)
-    g = SDSGuidance(model, torch.zeros(1, 3, 32, 32), cfg)
+    g = SDSGuidance(model, torch.zeros(1, 3, 32, 32), SDSConfig(), input_elevation=5.0, input_azimuth=0.0,
+                    input_distance=3.8)
     cams = sample_cameras(6, torch.Generator().manual_seed(3))
     emb = g.camera_embedding(cams.elevation, cams.azimuth, cams.radius)
     ref = camera_embedding(variant, cams.elevation, cams.azimuth, cams.radius, 5.0, 0.0, 3.8)
@@ -58,7 +59,7 @@ def test_camera_embedding_of_renders_matches_zero123_camera(variant):
     torch.testing.assert_close(emb[0], expected, atol=1e-5, rtol=0)
 
 
-def _replay_sds(model, image, rgb, elev, azim, rad, step, seed, cfg):
+def _replay_sds(model, image, rgb, elev, azim, rad, step, seed, cfg, input_camera):
     """Independent re-computation of the SDS loss from the spec, drawing the same random numbers."""
     gen = torch.Generator().manual_seed(seed)
     x = F.interpolate(rgb.permute(0, 3, 1, 2), (32, 32), mode="bilinear", align_corners=False) * 2 - 1
@@ -70,7 +71,7 @@ def _replay_sds(model, image, rgb, elev, azim, rad, step, seed, cfg):
     noise = torch.empty(lat.shape, memory_format=torch.channels_last).normal_(generator=gen)
     a = model.alphas_cumprod[t].view(-1, 1, 1, 1)
     noisy = a.sqrt() * lat + (1 - a).sqrt() * noise
-    T = camera_embedding(model.variant, elev, azim, rad, cfg.input_elevation, cfg.input_azimuth, cfg.input_radius)
+    T = camera_embedding(model.variant, elev, azim, rad, *input_camera)
     clip = model.clip_embedding(image)
     concat = model.vae.encode(image).latent_dist.mode()
     token = model.camera_projection(clip.expand(len(T), -1, -1), T[:, None, :])
@@ -86,13 +87,13 @@ def _replay_sds(model, image, rgb, elev, azim, rad, step, seed, cfg):
 def test_sds_loss_matches_an_independent_recomputation(tiny_model):
     torch.manual_seed(0)
     image = torch.rand(1, 3, 32, 32) * 2 - 1
-    cfg = SDSConfig(input_elevation=5.0)
-    g = SDSGuidance(tiny_model, image, cfg)
+    cfg = SDSConfig()
+    g = SDSGuidance(tiny_model, image, cfg, input_elevation=5.0)
     rgb = torch.rand(3, 16, 16, 3)
     elev, azim, rad = torch.tensor([10.0, 40.0, -5.0]), torch.tensor([30.0, -120.0, 170.0]), torch.full((3,), 3.8)
     with torch.no_grad():
-        out = g(rgb, elev, azim, rad, step=120, generator=torch.Generator().manual_seed(11))
-        ref, t_ref = _replay_sds(tiny_model, image, rgb, elev, azim, rad, 120, 11, cfg)
+        out = g(rgb, orbit_cameras(elev, azim, rad, 20.0), 120, generator=torch.Generator().manual_seed(11))
+        ref, t_ref = _replay_sds(tiny_model, image, rgb, elev, azim, rad, 120, 11, cfg, (5.0, 0.0, 3.8))
     assert torch.equal(out.timesteps, t_ref)
     torch.testing.assert_close(out.loss, ref, rtol=1e-4, atol=1e-6)
     # the loss is 0.5 * |grad|^2 / B by construction
@@ -112,7 +113,7 @@ def test_sds_gradient_flows_into_the_field(tiny_model):
     cams = sample_cameras(2, gen)
     out = render(f, cams, 16, occupancy=occ, settings=s, generator=gen)
     guidance = SDSGuidance(tiny_model.requires_grad_(False), torch.zeros(1, 3, 32, 32))
-    sds = guidance(out.rgb, cams.elevation, cams.azimuth, cams.radius, step=0, generator=gen)
+    sds = guidance(out.rgb, cams, 0, generator=gen)
     assert sds.loss.ndim == 0 and torch.isfinite(sds.loss)
     sds.loss.backward()
     grads = [p.grad for p in f.parameters()]
@@ -141,7 +142,7 @@ def test_input_conditioning_is_computed_once(tiny_model, monkeypatch):
     g = SDSGuidance(tiny_model, torch.zeros(1, 3, 64, 64))   # resized to the model's 32 px
     with torch.no_grad():
         for _ in range(3):
-            g(torch.rand(2, 8, 8, 3), [0.0, 10.0], [0.0, 90.0], [3.8, 3.8], step=0,
+            g(torch.rand(2, 8, 8, 3), orbit_cameras([0.0, 10.0], [0.0, 90.0], [3.8, 3.8], 20.0), 0,
               generator=torch.Generator().manual_seed(0))
     assert calls == {"clip": 1, "concat": 1}
     assert g.clip_embedding.shape == (1, 1, 768) and g.concat_latent.shape == (1, 4, 8, 8)
@@ -152,7 +153,7 @@ def test_sds_rejects_bad_shapes(tiny_model):
         SDSGuidance(tiny_model, torch.zeros(3, 32, 32))
     g = SDSGuidance(tiny_model, torch.zeros(1, 3, 32, 32))
     with pytest.raises(Zero123Error):
-        g(torch.rand(2, 3, 8, 8), [0, 0], [0, 0], [3.8, 3.8], step=0)
+        g(torch.rand(2, 3, 8, 8), orbit_cameras([0, 0], [0, 0], [3.8, 3.8], 20.0), 0)
 
 
 def test_loss_values():

@@ -74,7 +74,7 @@ def test_config_file_then_overrides_then_steps_on_top_of_a_preset(tmp_path):
     ("", ["cameras.resolutions=[16, 32]"], "camera schedule needs 1 resolutions"),
     ("", ["steps=many"], "steps must be an integer"),
     ("", ["optimizer.betas=[0.9]"], "optimizer.betas must be a list of 2 values"),
-    ("", ["recentre_input=3"], "recentre_input must be true or false"),
+    ("", ["reference.recentre=3"], "reference.recentre must be true or false"),
     ("[1, 2]\n", (), "top level must be a mapping"),
 ])
 def test_bad_config_is_a_one_line_error_naming_the_key(tmp_path, text, overrides, message):

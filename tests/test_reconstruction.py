@@ -1,6 +1,6 @@
 """The 3D half without diffusion: metrics, and multi-view reconstruction of known meshes (small scale on CPU).
 
-Full-scale figures: ``python -m zero123.pipelines.mesh_reconstruction sphere torus box duck``.
+Full-scale figures: ``python -m zero123.evaluation.mesh_reconstruction sphere torus box duck``.
 """
 
 import math
@@ -11,7 +11,7 @@ import trimesh
 
 from zero123.errors import Zero123Error
 from zero123.fields import FieldConfig
-from zero123.pipelines.mesh_reconstruction import (ReconstructionConfig, analytic_shape, chamfer_distance,
+from zero123.evaluation.mesh_reconstruction import (ReconstructionConfig, analytic_shape, chamfer_distance,
                                                    closest_point_on_triangles, fibonacci_views, normalize_mesh,
                                                    point_mesh_distance, reconstruct_mesh, voxelize, volume_iou)
 from zero123.rendering.volume import RenderSettings

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from zero123.errors import Zero123Error
-from zero123.text2image import (DEFAULT_PROMPT_TEMPLATE, PRESETS, TextToImage, format_prompt, load_sdxl_pipeline,
-                                resolve_preset)
+from zero123.pipelines.text2image import (DEFAULT_PROMPT_TEMPLATE, PRESETS, TextToImage, format_prompt,
+                                          load_sdxl_pipeline, resolve_preset)
 
 TINY_SIZE = 64
 
@@ -364,7 +364,7 @@ def test_loading_is_offline(tiny_sdxl_dir, tiny_single_file):
         "    attempts.append(a)\n"
         "    raise OSError('network access attempted')\n"
         "socket.socket.connect = _no; socket.create_connection = _no; socket.getaddrinfo = _no\n"
-        "from zero123.text2image import TextToImage\n"
+        "from zero123.pipelines.text2image import TextToImage\n"
         f"t = TextToImage.from_pretrained({str(tiny_sdxl_dir)!r}, device='cpu')\n"
         f"s = TextToImage.from_pretrained({str(single)!r}, config={str(config)!r}, device='cpu')\n"
         "print(t.generate('a cup', steps=1, size=64)[0].size, s.generate('a cup', steps=1, size=64)[0].size,\n"

@@ -15,7 +15,7 @@ from zero123.errors import Zero123Error
 from zero123.pipelines.text_to_3d import (INPUT_RGBA_NAME, choose_candidate, rerun_command, score_candidates,
                                           text_to_3d)
 from zero123.preprocessing import recenter
-from zero123.text2image import TextToImage
+from zero123.pipelines.text2image import TextToImage
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from zero123.guidance import SDSConfig, SDSGuidance
 from zero123.loading import load_model
 from zero123.pipelines.image_to_3d import prepare_reference
 from zero123.pipelines.image_to_3d_config import preset_config
+from zero123.rendering.cameras import orbit_cameras
 
 TOL = 1e-5  # relative error (float32 matches land near 1e-6)
 
@@ -45,6 +46,11 @@ def guidance(model, reference):
 
 def cameras(ref):
     return ref["camera_elevation_deg"], ref["camera_azimuth_deg"], ref["camera_distances"]
+
+
+def render_cameras(ref):
+    """The fixture's cameras as the ``Cameras`` batch the guidance takes."""
+    return orbit_cameras(*cameras(ref), 20.0)
 
 
 def test_input_view_is_prepared_as_threestudio(fixtures_dir, ref, reference):
@@ -98,7 +104,7 @@ def _expected(ref, case):
 @pytest.mark.parametrize("case", ["sds", "up4"])
 def test_sds_step_matches_threestudio(ref, guidance, case):
     rgb = ref[f"{case}_rgb"].clone().requires_grad_(True)
-    out = guidance(rgb, *cameras(ref), step=0, timesteps=ref[f"{case}_t"], noise=ref[f"{case}_noise"],
+    out = guidance(rgb, render_cameras(ref), 0, timesteps=ref[f"{case}_t"], noise=ref[f"{case}_noise"],
                    posterior_eps=ref[f"{case}_posterior_eps"])
     exp = _expected(ref, case)
     assert torch.equal(out.timesteps, ref[f"{case}_t"])
@@ -118,7 +124,7 @@ def test_seed_only_replay_draws_as_threestudio(ref, guidance):
     """threestudio ran with ``torch.manual_seed(0)`` (``1`` for up4); a generator with that seed gives the same
     three draws in the same order and element order (the noise as ``randn_like`` on channels_last latents)."""
     for case, seed in (("sds", 0), ("up4", 1)):
-        out = guidance(ref[f"{case}_rgb"], *cameras(ref), step=0, generator=torch.Generator().manual_seed(seed))
+        out = guidance(ref[f"{case}_rgb"], render_cameras(ref), 0, generator=torch.Generator().manual_seed(seed))
         assert torch.equal(out.timesteps, ref[f"{case}_t"])
         assert torch.equal(out.noise, ref[f"{case}_noise"])
         assert rel(out.latents, ref[f"{case}_latents"]) < TOL
@@ -148,12 +154,12 @@ def test_runs_of_other_lengths_use_integer_recipe_steps():
 def test_bad_given_draws_and_inputs_are_one_line_errors(fixtures_dir, ref, guidance):
     from zero123.errors import Zero123Error
 
-    rgb, cams = ref["sds_rgb"], cameras(ref)
+    rgb, cams = ref["sds_rgb"], render_cameras(ref)
     bad = [{"timesteps": torch.tensor([876, 766])}, {"timesteps": torch.tensor([0, 1, 1000])},
            {"timesteps": torch.tensor([1.0, 2.0, 3.0])}, {"noise": torch.zeros(3, 4, 4, 4)},
            {"posterior_eps": torch.zeros(2, 4, 8, 8)}]
     for kwargs in bad:
         with pytest.raises(Zero123Error, match="timesteps|noise|posterior_eps"):
-            guidance(rgb, *cams, step=0, **kwargs)
+            guidance(rgb, cams, 0, **kwargs)
     with pytest.raises(Zero123Error, match="RGBA"):   # not recentred: needs its alpha, as threestudio's input
         prepare_reference(np.full((32, 32, 3), 200, np.uint8), 32, 32, recentre=False)

@@ -7,9 +7,11 @@ import trimesh
 from PIL import Image
 
 from zero123.errors import Zero123Error
+from zero123.guidance import build_guidance
 from zero123.models.configs import tiny_config
 from zero123.pipelines.image_to_3d import ImageTo3DTrainer, load_checkpoint, prepare_reference, to3d
 from zero123.pipelines.image_to_3d_config import ImageTo3DConfig, preset_config
+from zero123.representations import build_representation
 
 
 def object_image(size=64) -> Image.Image:
@@ -103,9 +105,9 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(model, tmp_path, monkey
                    export=False, seed=3)
     assert resumed.steps == 4
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
-    for k, v in a["field"].items():
-        assert torch.equal(v, b["field"][k]), k
-    assert torch.equal(a["occupancy"]["binary"], b["occupancy"]["binary"])
+    for k, v in a["model"].items():   # field.* and occupancy.*
+        assert torch.equal(v, b["model"][k]), k
+    assert torch.equal(a["model"]["occupancy.binary"], b["model"]["occupancy.binary"])
     assert torch.equal(a["cpu_rng"], b["cpu_rng"]) and torch.equal(a["dev_rng"], b["dev_rng"])
     assert full.losses["loss"] == resumed.losses["loss"]
     # a different seed gives a different run
@@ -116,11 +118,14 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(model, tmp_path, monkey
 
 def test_trainer_gradients_reach_every_field_parameter(model):
     cfg = preset_config("tiny")
-    tr = ImageTo3DTrainer(model, prepare_reference(object_image(), 64, 32), cfg, seed=0)
-    before = [p.detach().clone() for p in tr.field.parameters()]
+    ref = prepare_reference(object_image(), 64, 32)
+    tr = ImageTo3DTrainer(build_representation(cfg, model.device, seed=0), build_guidance(cfg, model, ref), ref, cfg,
+                          seed=0)
+    field = tr.representation.field
+    before = [p.detach().clone() for p in field.parameters()]
     losses = tr.train_step()
     assert all(np.isfinite(v) for v in losses.values())
-    assert all(not torch.equal(a, p) for a, p in zip(before, tr.field.parameters()))
+    assert all(not torch.equal(a, p) for a, p in zip(before, field.parameters()))
     assert all(p.grad is None for p in model.parameters())  # the diffusion model is never trained
 
 

@@ -8,7 +8,7 @@
 # 2. loss curves: the same short training run (small model, synthetic data, global batch 64) on 1 GPU and on N,
 #    then bench_train.py --compare;
 # 3. TRAIN_DEADLINE>0: the rest of the call (until TRAIN_DEADLINE seconds) continues the bundled default model on
-#    all N GPUs (bench/device/finetune_default_model.sh with NPROC=N).
+#    all N GPUs (tools/default_model/device_finetune.sh with NPROC=N).
 # Each step has its own time limit and writes its JSON to $OUT as soon as it ends.
 set -uo pipefail
 # shellcheck source=bench/device/env.sh
@@ -39,6 +39,6 @@ python3 bench/bench_train.py --compare "$OUT/curve_1gpu.json" "$OUT/curve_${N}gp
 echo "loss curves done at ${SECONDS}s"
 
 if [ "$TRAIN_DEADLINE" -gt 0 ]; then
-  NPROC=$N DEADLINE=$((TRAIN_DEADLINE - SECONDS)) bash bench/device/finetune_default_model.sh
+  NPROC=$N DEADLINE=$((TRAIN_DEADLINE - SECONDS)) bash tools/default_model/device_finetune.sh
 fi
 echo "total ${SECONDS}s"

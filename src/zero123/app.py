@@ -122,7 +122,7 @@ class Zero123App:
         if self.config.matting_model is not None and not Path(self.config.matting_model).is_file():
             raise Zero123Error(f"matting model not found: {self.config.matting_model}")
         if self.config.t2i_model is not None:
-            from .text2image import check_model_path
+            from .pipelines.text2image import check_model_path
 
             check_model_path(self.config.t2i_model)
 
@@ -158,7 +158,7 @@ class Zero123App:
     def _t2i_model(self):
         with self._lock:
             if self._t2i is None:
-                from .text2image import TextToImage
+                from .pipelines.text2image import TextToImage
 
                 c = self.config
                 self._t2i = TextToImage.from_pretrained(c.t2i_model, device=c.device)
@@ -260,9 +260,9 @@ class Zero123App:
         """Novel views of the session's input; a fresh ``views/`` folder each call (view_NN.png, grid.png)."""
         import torch
 
-        from .commands._common import atomic_save_image, image_grid
         from .pipelines.zero123_pipeline import check_noise_scale
-        from .utils.atomic import atomic_folder
+        from .utils.atomic import atomic_folder, atomic_save_image
+        from .utils.images import save_image_grid
 
         src = self.input_path(session)
         if len(azimuths) > self.config.max_views:
@@ -279,7 +279,7 @@ class Zero123App:
         with atomic_folder(final) as tmp:  # a fresh views/ each call, never mixed with the last one's
             for i, im in enumerate(out.images):
                 atomic_save_image(im, tmp / f"view_{i:02d}.png")
-            atomic_save_image(image_grid([out.input_image.rgb] + out.images), tmp / "grid.png")
+            save_image_grid([out.input_image.rgb] + out.images, tmp / "grid.png")
         return ViewsResult(images=[final / f"view_{i:02d}.png" for i in range(len(out.images))],
                            grid=final / "grid.png")
 

@@ -249,3 +249,69 @@ def world_to_export_matrix(input_azimuth: float = 0.0) -> np.ndarray:
     m = np.eye(4)
     m[:3, :3] = relabel @ turn
     return m
+
+
+#: y-up -> z-up world (+90 degrees about x), as Blender's glTF / OBJ importers do: (x, y, z) -> (x, -z, y); 4x4,
+#: applied to column vectors. Mesh files of y-up tools are brought into the z-up world with it.
+Y_UP_TO_Z_UP = np.array([[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]])
+
+
+def sphere_band_elevation(u, elevation_range, rule: str = "area"):
+    """Elevations (degrees) in the band ``elevation_range = (lo, hi)`` from uniform draws ``u`` in [0, 1).
+
+    ``rule="area"``: ``sin(elevation)`` uniform in ``[sin lo, sin hi]``, i.e. uniform over the band's area (the
+    dataset renders). ``rule="threestudio"``: threestudio's ``RandomCameraIterableDataset`` formula,
+    ``asin(2 p - 1)`` with ``p`` uniform in ``[(lo + 90) / 180, (hi + 90) / 180]``; area-uniform only for the
+    full range [-90, 90]. ``u`` is a numpy array / float (float64 maths, numpy result) or a torch tensor (its dtype).
+    """
+    lo, hi = (float(x) for x in elevation_range)
+    if rule == "area":
+        a, b = math.sin(math.radians(lo)), math.sin(math.radians(hi))
+    elif rule == "threestudio":
+        a, b = (lo + 90.0) / 180.0, (hi + 90.0) / 180.0
+    else:
+        raise ValueError(f"unknown sphere-band rule {rule!r} (area, threestudio)")
+    if isinstance(u, torch.Tensor):
+        s = u * (b - a) + a
+        return torch.rad2deg(torch.asin((s if rule == "area" else 2 * s - 1.0).clamp(-1, 1)))
+    s = a + (b - a) * np.asarray(u, dtype=np.float64)
+    return np.degrees(np.arcsin(np.clip(s if rule == "area" else 2 * s - 1.0, -1, 1)))
+
+
+def world_to_camera_points(points: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+    """World points ``[..., 3]`` in the camera frame of one 4x4 camera-to-world ``c2w`` (OpenGL axes: the camera
+    looks down -z); ``[..., 3]`` in ``points``' dtype."""
+    rot = c2w[:3, :3].T.to(points.dtype)
+    t = -(rot @ c2w[:3, 3].to(points.dtype))
+    return points @ rot.T + t
+
+
+def project_to_pixels(p_cam: torch.Tensor, fov_deg: float, size: int, min_depth: float = 0.0):
+    """Pinhole projection of camera-frame points ``[..., 3]`` into a ``size x size`` image of vertical field of
+    view ``fov_deg``: returns ``(x, y, depth)``, each ``[...]``: pixel coordinates (x right, y down, pixel
+    ``(row i, col j)`` centred at ``(j + 0.5, i + 0.5)``) and the depth along -z (clamped to ``min_depth``).
+    The inverse of the rays of :func:`pixel_rays`."""
+    depth = (-p_cam[..., 2]).clamp_min(min_depth)
+    f = fov_to_focal(fov_deg, size)
+    half = size / 2.0
+    return half + f * p_cam[..., 0] / depth, half - f * p_cam[..., 1] / depth, depth
+
+
+def pixel_rays(c2w: torch.Tensor, fovy_deg, height: int, width: int):
+    """World-space rays through every pixel centre of ``B`` pinhole cameras.
+
+    ``c2w`` ``[B,4,4]`` camera-to-world (OpenGL axes), ``fovy_deg`` a float or ``[B]`` vertical fields of view in
+    degrees; pixel ``(row i, col j)`` shoots through ``(j + 0.5, i + 0.5)``, row 0 at the top. Returns
+    ``origins`` ``[B,H,W,3]`` and unit ``directions`` ``[B,H,W,3]`` (float32, on ``c2w``'s device)."""
+    B, dev = c2w.shape[0], c2w.device
+    fovy = torch.as_tensor(fovy_deg, dtype=torch.float32, device=dev).reshape(-1).expand(B)
+    focal = 0.5 * height / torch.tan(torch.deg2rad(fovy) / 2)                            # [B] pixels
+    j = torch.arange(width, device=dev, dtype=torch.float32) + 0.5
+    i = torch.arange(height, device=dev, dtype=torch.float32) + 0.5
+    ii, jj = torch.meshgrid(i, j, indexing="ij")                                          # [H,W]
+    x = (jj - width / 2)[None] / focal[:, None, None]
+    y = -(ii - height / 2)[None] / focal[:, None, None]
+    d_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)                              # [B,H,W,3]
+    d = torch.einsum("bij,bhwj->bhwi", c2w[:, :3, :3].float(), d_cam)
+    d = torch.nn.functional.normalize(d, dim=-1)
+    return c2w[:, None, None, :3, 3].float().expand_as(d), d

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ..utils.atomic import atomic_save_image  # noqa: F401  (the package's one atomic writer)
+from ..utils.images import save_image_grid  # noqa: F401  (the package's one image grid)
 
 
 def _numbers(text: str) -> list[float]:
@@ -118,19 +119,6 @@ def load_pipeline(checkpoint, variant, dtype, device, *, weights_variant=None, o
                                                weights_variant=weights_variant)
     return Zero123Pipeline.from_single_file(checkpoint, variant=variant, dtype=dtype, device=device,
                                             original_config=original_config)
-
-
-def image_grid(images, columns: int | None = None):
-    """Tile equally sized PIL images into one grid image (``columns`` default: all in one row up to 8)."""
-    from PIL import Image
-
-    columns = columns or min(len(images), 8)
-    rows = (len(images) + columns - 1) // columns
-    w, h = images[0].size
-    grid = Image.new("RGB", (columns * w, rows * h), (255, 255, 255))
-    for i, im in enumerate(images):
-        grid.paste(im, ((i % columns) * w, (i // columns) * h))
-    return grid
 
 
 def add_foreground_options(p: argparse.ArgumentParser) -> None:

@@ -58,7 +58,7 @@ def add_parser(sub, name, summary):
 
 def run(args) -> int:
     from ..data.objects import mesh_file_sources, procedural_sources, pybullet_sources
-    from ..data.render import RENDER_STATS_NAME, RenderSettings, render_dataset
+    from ..data.render import RENDER_STATS_NAME, DatasetRenderSettings, render_dataset
     from ..data.shards import Shard
     from ..errors import Zero123Error
 
@@ -77,10 +77,11 @@ def run(args) -> int:
         sources += pybullet_sources(limit=args.pybullet_limit)
     if not sources:
         raise Zero123Error("no objects to render: give --procedural N, --meshes PATH or --pybullet")
-    settings = RenderSettings(image_size=args.size, views_per_object=args.views, fov_deg=args.fov,
-                              elevation_range=tuple(args.elevation_range), distance_range=tuple(args.distance_range),
-                              samples=args.samples, seed=args.seed, test_fraction=args.test_fraction,
-                              val_fraction=args.val_fraction)
+    settings = DatasetRenderSettings(image_size=args.size, views_per_object=args.views, fov_deg=args.fov,
+                                     elevation_range=tuple(args.elevation_range),
+                                     distance_range=tuple(args.distance_range), samples=args.samples,
+                                     seed=args.seed, test_fraction=args.test_fraction,
+                                     val_fraction=args.val_fraction)
     manifest = render_dataset(sources, args.out, settings, workers=args.workers, progress=not args.quiet,
                               overwrite=args.overwrite, shard=shard)
     counts = {s: len(manifest.objects_in(s)) for s in ("train", "val", "test")}

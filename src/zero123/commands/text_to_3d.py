@@ -22,7 +22,7 @@ SDXL-Turbo's sampling (4 steps, guidance 0, 512 px)."""
 
 
 def add_parser(sub, name, summary):
-    from ..text2image import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_TEMPLATE
+    from ..pipelines.text2image import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_TEMPLATE
 
     p = sub.add_parser(name, help=summary, description=summary + ".", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -46,8 +46,9 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
                    help="print the config a new run would use (YAML, the --config schema) and exit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-elevation", type=float, default=None, metavar="DEG",
-                   help="elevation of the photo's viewpoint in degrees (default: estimated from the photo with "
-                        "the model, printed; see zero123.elevation)")
+                   help="elevation of the photo's viewpoint in degrees (default: reference.elevation when --config "
+                        "or --set gives it, else estimated from the photo with the model, printed; see "
+                        "zero123.elevation)")
     p.add_argument("--elevation", type=float, default=None, dest="renamed_elevation", help=argparse.SUPPRESS)
     p.add_argument("--variant", choices=["zero123", "stable_zero123"], default=None,
                    help="camera conditioning of the checkpoint (default: from the folder's config or the file "
@@ -115,6 +116,16 @@ def resolved_config(args):
                          overrides=args.overrides or ())
 
 
+def config_sets_input_elevation(args) -> bool:
+    """Whether --config or --set gives ``reference.elevation`` (then it is used instead of the estimate)."""
+    from ..utils.dataclass_config import read_config_file
+
+    if any(o.partition("=")[0].strip() == "reference.elevation" for o in (args.overrides or ())):
+        return True
+    data = read_config_file(args.config) if args.config else {}
+    return isinstance(data.get("reference"), dict) and "elevation" in data["reference"]
+
+
 def run(args) -> int:
     import sys
 
@@ -135,7 +146,8 @@ def run(args) -> int:
         result = to3d(args.image, args.checkpoint, args.out, preset=args.preset, steps=args.steps, seed=args.seed,
                       config=config if (args.config or args.overrides) else None,
                       device=args.device, dtype=args.dtype, resume=args.resume,
-                      input_elevation="auto" if args.input_elevation is None else args.input_elevation,
+                      input_elevation=args.input_elevation if args.input_elevation is not None else
+                      (None if config_sets_input_elevation(args) else "auto"),
                       progress=not args.no_progress, variant=args.variant,
                       original_config=args.original_config, **foreground)
     except Interrupted as exc:

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from ._common import (add_foreground_options, add_model_options, add_number_list, add_sampling_options,
-                      allow_negative_lists, atomic_save_image, foreground_kwargs, image_grid, load_pipeline,
-                      resolve_device_dtype)
+                      allow_negative_lists, atomic_save_image, foreground_kwargs, load_pipeline, resolve_device_dtype,
+                      save_image_grid)
 
 EPILOG = """examples:
   zero123 views mug.png --azimuth 90 180 270 --out views/
@@ -112,7 +112,7 @@ def run(args) -> int:
             atomic_save_image(out.input_image.mask_image(), tmp / "mask.png")
         for i, im in enumerate(out.images):
             atomic_save_image(im, tmp / f"view_{i:02d}.png")
-        atomic_save_image(image_grid([out.input_image.rgb] + out.images), tmp / "grid.png")
+        save_image_grid([out.input_image.rgb] + out.images, tmp / "grid.png")
         (tmp / "views.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"wrote {n} views and grid.png to {out_dir}")
     return 0

@@ -27,15 +27,15 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..camera import camera_to_world
+from ..camera import camera_to_world, sphere_band_elevation
 from ..errors import Zero123Error
 from .layout import (CAMERA_EXT, IMAGE_EXT, MANIFEST_NAME, Manifest, ObjectEntry, SkippedEntry, _atomic_write_bytes,
                      check_object_id, write_manifest, write_view)
 from .objects import ObjectSource
 from .shards import Shard
 
-__all__ = ["RenderSettings", "normalize_to_unit_cube", "sample_cameras", "render_object_views", "render_object",
-           "assign_splits", "render_dataset", "RENDER_STATS_NAME"]
+__all__ = ["DatasetRenderSettings", "normalize_to_unit_cube", "sample_view_cameras", "render_object_views",
+           "render_object", "assign_splits", "render_dataset", "RENDER_STATS_NAME"]
 
 #: Timing of a render (``elapsed_s``, ``views_per_s``, ``workers``, ``shard``), beside ``manifest.json``; kept out
 #: of the manifest so that the manifest depends only on the inputs (a merged set of shards equals a whole render).
@@ -43,7 +43,7 @@ RENDER_STATS_NAME = "render_stats.json"
 
 
 @dataclass
-class RenderSettings:
+class DatasetRenderSettings:
     """Dataset render settings. Angles in degrees, distances in world units (object max extent = 1)."""
 
     image_size: int = 256
@@ -59,7 +59,7 @@ class RenderSettings:
     test_fraction: float = 0.1
     val_fraction: float = 0.0
 
-    def validate(self) -> "RenderSettings":
+    def validate(self) -> "DatasetRenderSettings":
         def rng_ok(name, r, lo=-math.inf, hi=math.inf):
             if len(r) != 2 or not (lo <= r[0] <= r[1] <= hi) or not all(map(math.isfinite, r)):
                 raise Zero123Error(f"{name} {tuple(r)} must be two finite numbers lo <= hi within [{lo}, {hi}]")
@@ -104,27 +104,26 @@ def _object_rng(seed: int, object_id: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, h])
 
 
-def sample_cameras(rng: np.random.Generator, settings: RenderSettings, n: Optional[int] = None):
+def sample_view_cameras(rng: np.random.Generator, settings: DatasetRenderSettings, n: Optional[int] = None):
     """Random orbit cameras: (elevation deg [n], azimuth deg [n], distance [n], c2w [n,4,4])."""
     n = settings.views_per_object if n is None else n
-    lo, hi = (math.sin(math.radians(x)) for x in settings.elevation_range)
-    elev = np.degrees(np.arcsin(np.clip(rng.uniform(lo, hi, n), -1, 1)))
+    elev = sphere_band_elevation(rng.random(n), settings.elevation_range)  # sin(elevation) uniform
     azim = rng.uniform(*settings.azimuth_range, n)
     dist = rng.uniform(*settings.distance_range, n)
     c2w = camera_to_world(torch.from_numpy(elev), torch.from_numpy(azim), torch.from_numpy(dist))
     return elev, azim, dist, c2w
 
 
-def sample_lighting(rng: np.random.Generator, settings: RenderSettings):
+def sample_lighting(rng: np.random.Generator, settings: DatasetRenderSettings):
     """(unit world direction towards the light [3], ambient fraction)."""
     az = math.radians(rng.uniform(-180, 180))
     lo, hi = (math.sin(math.radians(x)) for x in settings.light_elevation_range)
-    el = math.asin(rng.uniform(lo, hi))
+    el = math.asin(rng.uniform(lo, hi))  # kept in radians (same draws as sphere_band_elevation's "area" rule)
     direction = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
     return direction, float(rng.uniform(*settings.ambient_range))
 
 
-def render_object_views(mesh, object_id: str, settings: RenderSettings):
+def render_object_views(mesh, object_id: str, settings: DatasetRenderSettings):
     """Normalise and render one object. Returns (rgba uint8 [N,H,W,4], c2w [N,4,4]).
 
     Cameras and lighting are drawn from a generator seeded by (settings.seed, object_id), so the result does not
@@ -134,7 +133,7 @@ def render_object_views(mesh, object_id: str, settings: RenderSettings):
 
     pm = normalize_to_unit_cube(mesh)
     rng = _object_rng(settings.seed, object_id)
-    _, _, _, c2w = sample_cameras(rng, settings)
+    _, _, _, c2w = sample_view_cameras(rng, settings)
     light, ambient = sample_lighting(rng, settings)
     out = render_mesh(pm, c2w.float(), settings.fov_deg, settings.image_size, light_dir=light, ambient=ambient,
                       samples=settings.samples)
@@ -152,7 +151,7 @@ def _clear_object_dir(d: Path) -> None:
                 p.unlink()
 
 
-def render_object(source: ObjectSource, root: Union[str, os.PathLike], settings: RenderSettings) -> int:
+def render_object(source: ObjectSource, root: Union[str, os.PathLike], settings: DatasetRenderSettings) -> int:
     """Load, render and write one object's views under ``root/<id>/``. Returns the number of views."""
     check_object_id(source.id)
     mesh = source.load()
@@ -211,7 +210,7 @@ def assign_splits(ids: Sequence[str], seed: int, test_fraction: float, val_fract
 
 
 def render_dataset(sources: Sequence[ObjectSource], root: Union[str, os.PathLike],
-                   settings: Optional[RenderSettings] = None, workers: Optional[int] = None,
+                   settings: Optional[DatasetRenderSettings] = None, workers: Optional[int] = None,
                    progress: bool = True, overwrite: bool = False,
                    skipped: Optional[List[SkippedEntry]] = None, shard: Optional[Shard] = None) -> Manifest:
     """Render ``sources`` into ``root`` (layout of :mod:`zero123.data.layout`) and write the manifest.
@@ -228,7 +227,7 @@ def render_dataset(sources: Sequence[ObjectSource], root: Union[str, os.PathLike
     """
     from tqdm.auto import tqdm
 
-    settings = (settings or RenderSettings()).validate()
+    settings = (settings or DatasetRenderSettings()).validate()
     root = Path(root)
     if (root / MANIFEST_NAME).exists() and not overwrite:
         raise Zero123Error(f"{root} already holds a dataset ({MANIFEST_NAME}); pass --overwrite to replace it")

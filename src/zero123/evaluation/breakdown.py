@@ -1,7 +1,7 @@
 """A ``zero123 eval`` JSON broken down by the size of the azimuth change, pair-by-pair win counts, and the mean
 pair-by-pair difference to each baseline with its standard error (is a lead larger than the noise of the pairs?).
 
-    python -m zero123.evaluation.breakdown bench/results/default_model/eval_test_cpu_v03.json
+    python -m zero123.evaluation.breakdown bench/results/default_model/v0.3/eval_test_cpu_v03.json
 
 Reads the per-pair rows the eval writes (``pairs[i]["delta_azimuth"]`` in degrees, target minus input, wrapped to
 [-180, 180]; ``pairs[i][method]["psnr" | "ssim"]``); computes nothing from images.

@@ -14,7 +14,7 @@ For each held-out object of a ``zero123 render-dataset`` folder:
 * **Rows.** ``model``: :func:`zero123.pipelines.image_to_3d.to3d` on the input view (told its elevation) with the
   preset; its ``model.ply`` is in the export frame (front toward +Z, :mod:`zero123.camera`), mapped back into
   the ground truth's world with the input camera's azimuth. ``gt_views``: the 3D stage's upper bound,
-  :func:`zero123.pipelines.mesh_reconstruction.reconstruct_mesh` from many ground-truth renders.
+  :func:`zero123.evaluation.mesh_reconstruction.reconstruct_mesh` from many ground-truth renders.
   ``extrude``: the input silhouette extruded along the viewing axis (orthographically, in the plane through the
   origin) to a depth equal to its width. ``sphere``: a sphere of the silhouette's size (diameter = the larger
   side of its bounding box) in that plane. Baselines are coloured by projecting the input view onto them
@@ -149,14 +149,14 @@ def _object_source(entry, up: str):
 
 
 def _render_settings(manifest):
-    from ..data.render import RenderSettings
+    from ..data.render import DatasetRenderSettings
 
-    names = {f.name for f in fields(RenderSettings)}
+    names = {f.name for f in fields(DatasetRenderSettings)}
     st = {k: (tuple(v) if isinstance(v, list) else v) for k, v in manifest.settings.items() if k in names}
     if "seed" not in st:
         raise Zero123Error("the manifest has no render settings (a merged dataset?): eval-3d needs the folder "
                            "written by `zero123 render-dataset`")
-    return RenderSettings(**st)
+    return DatasetRenderSettings(**st)
 
 
 def load_ground_truth(root, manifest, entry, up: str = "y") -> GroundTruth:
@@ -164,7 +164,7 @@ def load_ground_truth(root, manifest, entry, up: str = "y") -> GroundTruth:
     import trimesh
 
     from ..data import layout
-    from ..data.render import _object_rng, normalize_to_unit_cube, sample_cameras, sample_lighting
+    from ..data.render import _object_rng, normalize_to_unit_cube, sample_lighting, sample_view_cameras
     from ..rendering.mesh_rasterizer import _geometries, prepare_mesh
 
     settings = _render_settings(manifest)
@@ -178,7 +178,7 @@ def load_ground_truth(root, manifest, entry, up: str = "y") -> GroundTruth:
     mesh = geoms[0].copy() if len(geoms) == 1 else trimesh.util.concatenate(geoms)
     mesh.vertices = (np.asarray(mesh.vertices, dtype=np.float64) - centre) / extent
     rng = _object_rng(settings.seed, entry.id)
-    sample_cameras(rng, settings)  # the renderer drew the cameras first, then the light
+    sample_view_cameras(rng, settings)  # the renderer drew the cameras first, then the light
     light, ambient = sample_lighting(rng, settings)
     rgba = np.stack([layout.read_view_rgba(root, entry.id, i) for i in range(entry.num_views)])
     c2w = torch.stack([layout.read_view_camera(root, entry.id, i) for i in range(entry.num_views)]).float()
@@ -244,10 +244,10 @@ def shape_metrics(pred, gt, points: int = 2000, iou_resolution: int = 64, thresh
     """Chamfer, volume IoU and F-scores of two meshes already in the unit cube (see the module docstring).
 
     Distances go to the other mesh subdivided to edges under half an IoU cell, where the nearest-centroid
-    candidates of :func:`zero123.pipelines.mesh_reconstruction.point_mesh_distance` are exact."""
+    candidates of :func:`zero123.evaluation.mesh_reconstruction.point_mesh_distance` are exact."""
     import trimesh
 
-    from ..pipelines.mesh_reconstruction import point_mesh_distance
+    from .mesh_reconstruction import point_mesh_distance
 
     fine_p, fine_g = _fine(pred, 0.5 / iou_resolution), _fine(gt, 0.5 / iou_resolution)
     pp = np.asarray(trimesh.sample.sample_surface(pred, points, seed=seed)[0])
@@ -315,15 +315,13 @@ def _project_colors(mesh, rgba: np.ndarray, c2w: torch.Tensor, fov_deg: float):
     to its projection (perspective through the input camera)."""
     from scipy.ndimage import distance_transform_edt
 
-    from ..camera import fov_to_focal
+    from ..camera import project_to_pixels, world_to_camera_points
 
     size = rgba.shape[0]
-    f = fov_to_focal(fov_deg, size)
-    m = torch.linalg.inv(c2w.double()).numpy()
-    p = np.asarray(mesh.vertices) @ m[:3, :3].T + m[:3, 3]
-    depth = np.maximum(-p[:, 2], 1e-6)
-    col = np.clip(np.floor(p[:, 0] / depth * f + size / 2), 0, size - 1).astype(int)
-    row = np.clip(np.floor(size / 2 - p[:, 1] / depth * f), 0, size - 1).astype(int)
+    p = world_to_camera_points(torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float64), c2w.double())
+    x, y, _ = project_to_pixels(p, fov_deg, size, min_depth=1e-6)
+    col = np.clip(np.floor(x.numpy()), 0, size - 1).astype(int)
+    row = np.clip(np.floor(y.numpy()), 0, size - 1).astype(int)
     mask = rgba[..., 3] > 127
     _, (ni, nj) = distance_transform_edt(~mask, return_indices=True)
     rgb = rgba[ni[row, col], nj[row, col], :3]
@@ -395,7 +393,7 @@ def load_result_mesh(path, input_azimuth: float):
 def _gt_views_mesh(gt: GroundTruth, cfg: Eval3DConfig, device):
     from ..export import MeshExtractionConfig, vertex_colors
     from ..fields import FieldConfig
-    from ..pipelines.mesh_reconstruction import ReconstructionConfig, reconstruct_mesh
+    from .mesh_reconstruction import ReconstructionConfig, reconstruct_mesh
     from ..rendering.volume import RenderSettings
 
     rc = ReconstructionConfig()

@@ -30,53 +30,19 @@ def uv_parametrize(vertices: np.ndarray, faces: np.ndarray):
 
 
 def rasterize_uv(uvs: np.ndarray, faces: np.ndarray, size: int, chunk: int = 1 << 22):
-    """Texels covered by each UV triangle.
+    """Texels covered by each UV triangle (``uvs`` [V,2] in [0,1], ``faces`` [F,3]), through
+    :func:`zero123.rendering.coverage.covered_points` at the texel centres.
 
-    Returns ``(texel_index [M] = row * size + col, face [M], barycentric [M,3])`` for every covered texel centre.
+    Returns ``(texel_index [M] = row * size + col, face [M], barycentric [M,3] float32)`` for every covered texel
+    centre.
     """
+    from ..rendering.coverage import covered_points
+
     uv = torch.as_tensor(uvs, dtype=torch.float64)
     f = torch.as_tensor(faces, dtype=torch.long)
     px = torch.stack([uv[:, 0] * size - 0.5, (1 - uv[:, 1]) * size - 0.5], -1)           # (col, row) coords
-    tri = px[f]                                                                           # [F,3,2]
-    lo = tri.amin(1).ceil().clamp(0, size - 1).long()
-    hi = tri.amax(1).floor().clamp(0, size - 1).long()
-    w = (hi[:, 0] - lo[:, 0] + 1).clamp_min(0)
-    h = (hi[:, 1] - lo[:, 1] + 1).clamp_min(0)
-    n = w * h
-    out_t, out_f, out_b = [], [], []
-    # process faces in groups whose candidate count fits in `chunk`
-    csum = torch.cumsum(n, 0)
-    start = 0
-    while start < len(f):
-        base = int(csum[start - 1]) if start else 0
-        end = int(torch.searchsorted(csum, torch.tensor(base + chunk, dtype=csum.dtype), right=True))
-        end = max(end, start + 1)
-        fi = torch.arange(start, end)
-        cnt = n[fi]
-        fid = fi.repeat_interleave(cnt)
-        if fid.numel():
-            offs = torch.arange(fid.numel()) - (torch.cumsum(cnt, 0) - cnt).repeat_interleave(cnt)
-            col = lo[fid, 0] + offs % w[fid]
-            row = lo[fid, 1] + offs // w[fid]
-            p = torch.stack([col, row], -1).double()
-            a, b, c = tri[fid, 0], tri[fid, 1], tri[fid, 2]
-            v0, v1, v2 = b - a, c - a, p - a
-            den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
-            ok = den.abs() > 1e-12
-            den = torch.where(ok, den, torch.ones_like(den))
-            l1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
-            l2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
-            l0 = 1 - l1 - l2
-            eps = -1e-6
-            inside = ok & (l0 >= eps) & (l1 >= eps) & (l2 >= eps)
-            out_t.append((row * size + col)[inside])
-            out_f.append(fid[inside])
-            out_b.append(torch.stack([l0, l1, l2], -1)[inside].float())
-        start = end
-    if not out_t:
-        e = torch.zeros(0, dtype=torch.long)
-        return e, e, torch.zeros(0, 3)
-    return torch.cat(out_t), torch.cat(out_f), torch.cat(out_b)
+    cov = covered_points(px[f], size, size, chunk=chunk)
+    return cov.y * size + cov.x, cov.tri, cov.bary.float()
 
 
 def dilate(texture: torch.Tensor, valid: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:

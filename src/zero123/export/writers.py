@@ -11,6 +11,7 @@ so an interrupted export never leaves a truncated file under the final name.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from pathlib import Path
@@ -20,10 +21,13 @@ import numpy as np
 
 from ..errors import Zero123Error
 from ..utils.atomic import atomic_write, atomic_write_bytes
+from ..utils.images import image_grid as _image_grid
 
 
 # the package's one atomic writer (zero123.utils.atomic); ``atomic_write_with(path, writer)`` is its name here
 atomic_write_with = atomic_write
+# the package's one image grid (zero123.utils.images.image_grid) with the export previews' 2-pixel frame as default
+image_grid = functools.partial(_image_grid, pad=2)
 
 
 def to_export_frame(mesh, input_azimuth: Optional[float] = 0.0):
@@ -137,14 +141,3 @@ def write_gif(frames, path, fps: int = 15) -> Path:
         tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(round(1000 / fps)), loop=0))
 
 
-def image_grid(rows: list, pad: int = 2, background: int = 255) -> np.ndarray:
-    """Tile lists of ``[H,W,3]`` uint8 images (rows of equal-size images) into one array."""
-    h = max(im.shape[0] for row in rows for im in row)
-    w = max(im.shape[1] for row in rows for im in row)
-    ncol = max(len(r) for r in rows)
-    out = np.full((len(rows) * (h + pad) + pad, ncol * (w + pad) + pad, 3), background, dtype=np.uint8)
-    for i, row in enumerate(rows):
-        for j, im in enumerate(row):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            out[y:y + im.shape[0], x:x + im.shape[1]] = im[..., :3]
-    return out

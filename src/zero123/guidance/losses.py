@@ -1,8 +1,12 @@
-"""Reference-view losses and regularisers of threestudio's ``zero123-system`` (weights: ``stable-zero123.yaml``).
+"""Loss weights and the image-space losses of threestudio's ``zero123-system`` (weights: ``stable-zero123.yaml``),
+shared by every representation.
 
-Per training step two renders are made: random views (SDS + regularisers + sparsity) and the reference view
-(RGB + mask + regularisers); their weighted sums are added. Images are ``[B,H,W,C]``; per-sample tensors are the
-packed ones of :class:`zero123.rendering.volume.RenderOutput`.
+Per training step two renders are made: random views (guidance + the representation's regularisers, with
+sparsity) and the reference view (RGB + mask + its regularisers); their weighted sums are added. Images are
+``[B,H,W,C]``. The reference-view losses (:func:`reference_rgb_loss`, :func:`mask_loss`) and the image-space
+regularisers any representation may use (:func:`normal_smooth_2d`, :func:`sparsity_loss`, :func:`opaque_loss`)
+live here; a representation's own terms (the NeRF's per-sample ``orient``, ``normal_smooth_3d``) live with it
+(:mod:`zero123.representations.nerf`).
 """
 
 from __future__ import annotations
@@ -55,26 +59,10 @@ def mask_loss(opacity: torch.Tensor, gt_mask: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(opacity, gt_mask.float())
 
 
-def orient_loss(weights: torch.Tensor, normal: torch.Tensor, t_dirs: torch.Tensor,
-                opacity: torch.Tensor) -> torch.Tensor:
-    """Penalise normals facing away from the camera: ``sum(w.detach() * relu(n . d)^2) / #rays with opacity > 0``."""
-    if weights.numel() == 0:
-        return normal.sum() * 0.0
-    dots = (normal * t_dirs).sum(-1).clamp_min(0.0)
-    return (weights.detach() * dots ** 2).sum() / (opacity > 0).sum().clamp_min(1)
-
-
 def normal_smooth_2d(comp_normal: torch.Tensor) -> torch.Tensor:
     """Squared finite differences of the rendered normal map ``[B,H,W,3]`` along both image axes."""
     return ((comp_normal[:, 1:] - comp_normal[:, :-1]).square().mean()
             + (comp_normal[:, :, 1:] - comp_normal[:, :, :-1]).square().mean())
-
-
-def normal_smooth_3d(normal: torch.Tensor, normal_perturb: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference between normals at samples and at slightly perturbed points."""
-    if normal.numel() == 0:
-        return normal.sum() * 0.0
-    return (normal - normal_perturb).abs().mean()
 
 
 def sparsity_loss(opacity: torch.Tensor) -> torch.Tensor:
@@ -86,19 +74,3 @@ def opaque_loss(opacity: torch.Tensor) -> torch.Tensor:
     """Binary entropy of the clamped opacity: pushes every pixel to fully empty or fully opaque."""
     x = opacity.clamp(1e-3, 1 - 1e-3)
     return -(x * torch.log(x) + (1 - x) * torch.log(1 - x)).mean()
-
-
-def regularisers(out, *, with_sparsity: bool) -> dict:
-    """The shared regularisers of one render (``RenderOutput``) as ``{name: loss}``; normal terms only when the
-    render carries normals."""
-    terms = {}
-    if out.normal is not None:
-        terms["orient"] = orient_loss(out.weights, out.normal, out.t_dirs, out.opacity)
-    if out.comp_normal is not None:
-        terms["normal_smooth"] = normal_smooth_2d(out.comp_normal)
-    if out.normal_perturb is not None:
-        terms["normal_smooth_3d"] = normal_smooth_3d(out.normal, out.normal_perturb)
-    if with_sparsity:
-        terms["sparsity"] = sparsity_loss(out.opacity)
-    terms["opaque"] = opaque_loss(out.opacity)
-    return terms

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import Zero123Error
+from .base import Guidance, GuidanceOutput, register_guidance
 from .schedules import ScheduleSpec, scheduled_value
 
 
@@ -41,9 +42,6 @@ class SDSConfig:
     guidance_scale: float = 3.0
     min_step_percent: ScheduleSpec = (50, 0.7, 0.3, 200)
     max_step_percent: ScheduleSpec = (50, 0.98, 0.8, 200)
-    input_elevation: float = 5.0     # degrees, elevation of the input view
-    input_azimuth: float = 0.0       # degrees
-    input_radius: float = 3.8        # world units
     grad_clip: Optional[float] = None
     cuda_graph: bool = False         # replay the guided UNet pass from a captured CUDA graph (CUDA only)
 
@@ -52,7 +50,7 @@ class SDSConfig:
 
 
 @dataclass
-class SDSOutput:
+class SDSOutput(GuidanceOutput):
     """``loss`` (scalar, differentiable w.r.t. the renders), ``timesteps`` [B] long, ``grad_norm`` (0-dim tensor,
     L2 norm of the latent-space SDS gradient over the whole batch; kept on the device to avoid a synchronisation).
 
@@ -61,9 +59,8 @@ class SDSOutput:
     ``weights`` ``[B,1,1,1]`` (``1 - alphas_cumprod[t]``), ``grad`` (the SDS latent gradient after
     ``nan_to_num``/clipping) and ``camera`` ``[B,4]`` (the camera vector T)."""
 
-    loss: torch.Tensor
-    timesteps: torch.Tensor
-    grad_norm: torch.Tensor
+    timesteps: torch.Tensor = None
+    grad_norm: torch.Tensor = None
     latents: Optional[torch.Tensor] = None
     noise: Optional[torch.Tensor] = None
     noisy_latents: Optional[torch.Tensor] = None
@@ -98,18 +95,28 @@ class _GraphedGuidedNoise:
         return self.out.clone()
 
 
-class SDSGuidance:
-    """SDS loss of renders under a Zero123-family model conditioned on one input image.
+@register_guidance
+class SDSGuidance(Guidance):
+    """SDS loss of renders under a Zero123-family model conditioned on one input image (registry key
+    ``zero123-sds``, weighted by ``losses.sds``).
 
     Args:
         model: a ``Zero123Model`` (any dtype/device; it is used read-only and in eval mode).
         image: the input view ``[1,3,H,W]`` in [-1,1], composited on white (resized to the model's size here).
         config: :class:`SDSConfig`.
+        input_elevation, input_azimuth, input_distance: the camera of the input view (degrees, world units;
+            ``ImageTo3DConfig.reference``): render cameras are conditioned relative to it.
     """
 
-    def __init__(self, model, image: torch.Tensor, config: SDSConfig | None = None):
+    name = "zero123-sds"
+    loss_name = "sds"
+
+    def __init__(self, model, image: torch.Tensor, config: SDSConfig | None = None, *, input_elevation: float = 5.0,
+                 input_azimuth: float = 0.0, input_distance: float = 3.8):
         self.model = model
         self.config = config or SDSConfig()
+        self.input_elevation, self.input_azimuth = float(input_elevation), float(input_azimuth)
+        self.input_distance = float(input_distance)
         if image.ndim != 4 or image.shape[:2] != (1, 3):
             raise Zero123Error(f"SDS input image must be [1,3,H,W] in [-1,1], got {tuple(image.shape)}")
         size = model.image_size
@@ -120,6 +127,13 @@ class SDSGuidance:
             self.clip_embedding = model.clip_embedding(img.to(model.dtype))      # [1,1,D]
             self.concat_latent = model.concat_latent(img.to(model.dtype))        # [1,4,h,w]
         self._graphs: dict = {}
+
+    @classmethod
+    def from_config(cls, config, model, reference) -> "SDSGuidance":
+        """From ``config.sds`` and the input camera ``config.reference``, conditioned on ``reference.condition``."""
+        r = config.reference
+        return cls(model, reference.condition, config.sds, input_elevation=r.elevation, input_azimuth=r.azimuth,
+                   input_distance=r.distance)
 
     # ----- pieces -----------------------------------------------------------------------------------------
     def timestep_bounds(self, step: float) -> tuple[int, int]:
@@ -132,12 +146,11 @@ class SDSGuidance:
 
     def camera_embedding(self, elevation, azimuth, radius) -> torch.Tensor:
         """``[B,4]`` embedding of target cameras (degrees / world units) relative to the input view."""
-        c = self.config
         e = torch.as_tensor(elevation, dtype=torch.float64).reshape(-1)
         a = torch.as_tensor(azimuth, dtype=torch.float64).reshape(-1)
         r = torch.as_tensor(radius, dtype=torch.float64).reshape(-1)
-        return self.model.camera_embedding(e - c.input_elevation, a - c.input_azimuth, r - c.input_radius,
-                                           input_elevation=c.input_elevation)
+        return self.model.camera_embedding(e - self.input_elevation, a - self.input_azimuth, r - self.input_distance,
+                                           input_elevation=self.input_elevation)
 
     def _guided_noise(self, noisy, t, token, concat):
         m, scale = self.model, self.config.guidance_scale
@@ -161,11 +174,12 @@ class SDSGuidance:
             if x is not None and tuple(x.shape) != latent_shape:
                 raise Zero123Error(f"{name} must have shape {latent_shape}, got {tuple(x.shape)}")
 
-    def __call__(self, rgb: torch.Tensor, elevation, azimuth, radius, step: float,
-                 generator: torch.Generator | None = None, *, timesteps: torch.Tensor | None = None,
+    def __call__(self, rgb: torch.Tensor, cameras, schedule_step: float, *,
+                 generator: torch.Generator | None = None, timesteps: torch.Tensor | None = None,
                  noise: torch.Tensor | None = None, posterior_eps: torch.Tensor | None = None) -> SDSOutput:
-        """SDS loss for renders ``rgb`` ``[B,H,W,3]`` in [0,1] seen from cameras (elevation, azimuth [B] degrees,
-        radius [B]) at training step ``step``. ``generator``: device generator for t, noise and the VAE sample.
+        """SDS loss for renders ``rgb`` ``[B,H,W,3]`` in [0,1] seen from ``cameras``
+        (:class:`zero123.rendering.cameras.Cameras`: its ``elevation``, ``azimuth`` [B] degrees and ``radius`` [B]
+        are used) at recipe step ``schedule_step``. ``generator``: device generator for t, noise and the VAE sample.
 
         ``timesteps`` ``[B]`` long, ``noise`` and ``posterior_eps`` ``[B,4,h,w]``: use these draws instead of
         drawing them (the ones not given are drawn, in the usual order)."""
@@ -182,7 +196,7 @@ class SDSGuidance:
         x = x * 2 - 1
         latents = m.encode_latents(x.to(m.dtype), generator=generator, posterior_eps=posterior_eps)  # with grad
         if timesteps is None:
-            lo, hi = self.timestep_bounds(step)
+            lo, hi = self.timestep_bounds(schedule_step)
             t = torch.randint(lo, hi + 1, (B,), device=dev, generator=generator, dtype=torch.long)
         else:
             t = torch.as_tensor(timesteps, dtype=torch.long).to(dev)
@@ -193,7 +207,7 @@ class SDSGuidance:
             noise = noise.to(dev, torch.float32)
             a = m.alphas_cumprod.to(dev)[t].float().view(-1, 1, 1, 1)
             noisy = a ** 0.5 * latents.detach().float() + (1 - a) ** 0.5 * noise
-            cam = self.camera_embedding(elevation, azimuth, radius).to(dev)
+            cam = self.camera_embedding(cameras.elevation, cameras.azimuth, cameras.radius).to(dev)
             token, concat = m.conditioning(None, cam, clip_embedding=self.clip_embedding,
                                            concat_latent=self.concat_latent)
             eps = self._guided_noise(noisy.to(m.dtype), t, token, concat).float()

@@ -1,20 +1,19 @@
 """Image to 3D: one object photo -> textured mesh (OBJ/GLB/PLY) + turntable video, by SDS with a Zero123 model.
 
-threestudio's ``stable-zero123`` recipe (see :mod:`zero123.pipelines.image_to_3d_config`), without custom CUDA:
-a hash-grid NeRF (:mod:`zero123.fields`) is rendered (:mod:`zero123.rendering.volume`) from random cameras and
-optimised with score distillation from the diffusion model (:mod:`zero123.guidance.sds`) plus the reference-view
-RGB/mask losses and regularisers; then marching cubes, a baked UV texture and videos (:mod:`zero123.export`).
+threestudio's ``stable-zero123`` recipe (see :mod:`zero123.pipelines.image_to_3d_config`), without custom CUDA,
+from swappable parts chosen by config keys: a 3D representation (``representation: nerf``, a hash-grid NeRF,
+:mod:`zero123.representations`) rendered from random cameras and optimised with a guidance (``guidance:
+zero123-sds``, score distillation from the diffusion model, :mod:`zero123.guidance`) plus the reference-view
+RGB/mask losses and the representation's regularisers; then a mesh, a baked UV texture and videos
+(:mod:`zero123.export`).
 
-Each training step, as threestudio's ``zero123-system`` with ``ref_or_zero123: accumulate``:
-  * random views: ``lambda_sds * SDS + regularisers (orient, 2D/3D normal smoothness, sparsity, opaque)``;
-  * the reference view (elevation ``input_elevation``, azimuth 0, distance 3.8, fovy 20):
-    ``lambda_rgb * MSE(rgb) + lambda_mask * MSE(mask) + regularisers (no sparsity)``;
-  * one Adam step on the sum (the two parts are back-propagated one after the other, which gives the same
-    gradient with half the peak memory).
+This module is the entry point (:func:`to3d`, :func:`export_results`, :func:`load_guidance_model`); the step and
+the checkpoint are :mod:`.image_to_3d_trainer` (the step's order is there), the input preparation
+:mod:`.image_to_3d_reference`; their public names are re-exported here.
 
-Runs are resumable: ``<out>/checkpoints/state.pt`` (field, occupancy grid, optimiser, random-generator states,
-step, config) is written every ``checkpoint_every`` steps and on Ctrl-C; ``resume=<out dir or file>`` continues
-and gives exactly the steps an uninterrupted run would have taken (same seed, same device).
+Runs are resumable: ``<out>/checkpoints/state.pt`` (the representation's state, optimiser, random-generator
+states, step, config) is written every ``checkpoint_every`` steps and on Ctrl-C; ``resume=<out dir or file>``
+continues and gives exactly the steps an uninterrupted run would have taken (same seed, same device).
 """
 
 from __future__ import annotations
@@ -30,16 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import Zero123Error
-from ..fields import NeRFField, OccupancyGrid
-from ..guidance.losses import mask_loss, reference_rgb_loss, regularisers
-from ..guidance.sds import SDSGuidance
-from ..rendering.cameras import orbit_cameras, sample_cameras, turntable_cameras
-from ..rendering.volume import render, render_chunked
+from ..rendering.cameras import turntable_cameras
 from ..utils.device import resolve_device, resolve_dtype
 from .image_to_3d_config import ImageTo3DConfig, preset_config
+from .image_to_3d_reference import ReferenceImage, condition_image, prepare_reference  # noqa: F401 (re-exported)
+from .image_to_3d_trainer import (CHECKPOINT_NAME, CHECKPOINT_VERSION, ImageTo3DTrainer,  # noqa: F401
+                                  checkpoint_path, load_checkpoint)
 
-CHECKPOINT_NAME = "state.pt"
-CHECKPOINT_VERSION = 1
 INPUT_RGBA_NAME = "input_rgba.png"  # the prepared input, the same name as in `views` and `text-to-3d`
 
 
@@ -77,247 +73,32 @@ class ImageTo3DResult:
     cancelled: bool = False  # stopped by ``should_stop`` (checkpoint saved, nothing exported)
 
 
-# ----- input -------------------------------------------------------------------------------------------------
-@dataclass
-class ReferenceImage:
-    """The prepared input: ``rgb`` ``[1,S,S,3]`` in [0,1] (colours of the recentred RGBA, not composited),
-    ``mask`` ``[1,S,S,1]`` bool (alpha > 0.5), ``condition`` ``[1,3,s,s]`` in [-1,1] on white at model size."""
-
-    rgb: torch.Tensor
-    mask: torch.Tensor
-    condition: torch.Tensor
-    rgba_image: object  # PIL image
-    mask_image: object = None  # PIL "L" image: the foreground mask of the (downscaled) photo
-
-
-def condition_image(rgba: np.ndarray, size: int) -> torch.Tensor:
-    """threestudio's input view (``stable_zero123_guidance.py`` ``prepare_embeddings``): RGBA uint8 ``[H,W,4]``
-    -> ``cv2.resize(..., (size, size), INTER_AREA)`` -> ``/255`` in float32 -> composited on white in float,
-    ``rgb * a + (1 - a)`` -> ``[1,3,size,size]`` in [-1,1]. (Compositing in uint8 first, as PIL does, changes the
-    threestudio fixture's concat latent by 2.8e-3 relative: ``bench/input_view_prep.py``.)"""
-    import cv2
-
-    x = cv2.resize(np.ascontiguousarray(rgba), (size, size), interpolation=cv2.INTER_AREA)
-    x = torch.from_numpy(x.astype(np.float32) / 255.0)
-    rgb = x[..., :3] * x[..., 3:] + (1 - x[..., 3:])
-    return (rgb * 2 - 1).permute(2, 0, 1)[None].contiguous()
-
-
-def prepare_reference(image, size: int, model_size: int, recentre: bool = True, *, matting_model=None, mask=None,
-                      segmentation: str = "auto") -> ReferenceImage:
-    """Build the reference-view targets (``size`` px) and the model's input view (``model_size`` px, by
-    :func:`condition_image`). ``image``: path, PIL image or array; ``segmentation``, ``mask``, ``matting_model``:
-    how the foreground is found (``prepare_input_image``; with ``recentre=True``).
-
-    ``recentre=True``: segment/recentre with :mod:`zero123.preprocessing` first (object at 0.8 of the frame, the
-    framing threestudio's own ``preprocess_image.py`` produces), so raw photos work; an RGBA file already framed
-    that way at ``size`` px comes out unchanged, so the input view is then threestudio's exactly.
-    ``recentre=False``: threestudio's input, an RGBA image used as framed, resized with INTER_AREA."""
-    import cv2
-    from PIL import Image
-
-    from ..preprocessing import _as_pil, has_alpha, prepare_input_image
-
-    if recentre:
-        prep = prepare_input_image(image, size=size, matting_model=matting_model, mask=mask, method=segmentation)
-        rgba_image = prep.rgba.convert("RGBA")
-        full = np.asarray(rgba_image)
-        mask_image = prep.mask_image()
-    else:
-        pil = _as_pil(image)
-        if not has_alpha(pil):
-            raise Zero123Error("an input that is not recentred must be an RGBA image with its background removed")
-        full = np.asarray(pil.convert("RGBA"))
-        rgba_image = Image.fromarray(cv2.resize(full, (size, size), interpolation=cv2.INTER_AREA), "RGBA")
-        mask_image = Image.fromarray(full[..., 3], "L")
-    rgba = np.asarray(rgba_image, dtype=np.float32) / 255.0
-    rgb = torch.from_numpy(rgba[..., :3].copy())[None]
-    mask = torch.from_numpy(rgba[..., 3:] > 0.5)[None]
-    return ReferenceImage(rgb=rgb, mask=mask, condition=condition_image(full, model_size), rgba_image=rgba_image,
-                          mask_image=mask_image)
-
-
-def _resize_reference(ref: ReferenceImage, res: int, device):
-    rgb = ref.rgb.permute(0, 3, 1, 2)
-    mask = ref.mask.permute(0, 3, 1, 2).float()
-    if rgb.shape[-1] != res:
-        rgb = F.interpolate(rgb, (res, res), mode="area")
-        mask = F.interpolate(mask, (res, res), mode="area")
-    return rgb.permute(0, 2, 3, 1).to(device), (mask.permute(0, 2, 3, 1) > 0.5).to(device)
-
-
-# ----- checkpoints -------------------------------------------------------------------------------------------
-def _atomic_torch_save(obj, path: Path) -> Path:
-    from ..export.writers import atomic_write_with
-
-    return atomic_write_with(path, lambda tmp: torch.save(obj, tmp))
-
-
-def checkpoint_path(path) -> Path:
-    """``path`` itself if it is a file, else ``<path>/checkpoints/state.pt``."""
-    p = Path(path)
-    return p if p.is_file() else p / "checkpoints" / CHECKPOINT_NAME
-
-
-def load_checkpoint(path) -> dict:
-    p = checkpoint_path(path)
-    if not p.is_file():
-        raise Zero123Error(f"no image-to-3D checkpoint found at {p}")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated / not a checkpoint
-        raise Zero123Error(f"{p} is not a readable image-to-3D checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "field" not in state:
-        raise Zero123Error(f"{p} is not an image-to-3D checkpoint of this version")
-    return state
-
-
-# ----- the trainer -------------------------------------------------------------------------------------------
-class ImageTo3DTrainer:
-    """Holds the field, occupancy grid, optimiser, guidance and random generators of one run.
-
-    ``generator`` streams: ``cpu_gen`` (cameras, backgrounds, shading choices) and ``dev_gen`` (ray offsets,
-    SDS timesteps/noise, VAE posterior samples, occupancy jitter) on the model's device.
-    The diffusion model is put in eval mode and frozen (``requires_grad_(False)``): only the field is trained.
-    """
-
-    def __init__(self, model, reference: ReferenceImage, config: ImageTo3DConfig, seed: int = 0):
-        model.eval().requires_grad_(False)
-        self.model, self.cfg, self.reference = model, config, reference
-        self.device = model.device
-        torch.manual_seed(seed)  # field initialisation
-        self.field = NeRFField(config.field).to(self.device)
-        oc = config.occupancy
-        self.occupancy = OccupancyGrid(config.field.radius, oc.resolution, oc.update_every, oc.ema_decay,
-                                       oc.threshold).to(self.device)
-        o = config.optimizer
-        self.optimizer = torch.optim.Adam(self.field.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-        self.cpu_gen = torch.Generator().manual_seed(seed)
-        self.dev_gen = torch.Generator(device=self.device).manual_seed(seed + 1)
-        self.guidance = SDSGuidance(model, reference.condition, config.sds)
-        self.step = 0
-        self.last_losses: dict = {}
-        self._ref_cache: dict = {}
-
-    # ----- state ------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {"version": CHECKPOINT_VERSION, "step": self.step, "config": self.cfg.to_dict(),
-                "field": self.field.state_dict(), "occupancy": self.occupancy.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "cpu_rng": self.cpu_gen.get_state(),
-                "dev_rng": self.dev_gen.get_state(), "losses": dict(self.last_losses)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.field.load_state_dict(state["field"])
-        self.occupancy.load_state_dict(state["occupancy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.cpu_gen.set_state(state["cpu_rng"])
-        self.dev_gen.set_state(state["dev_rng"].to(torch.uint8).cpu())
-        self.step = int(state["step"])
-        self.last_losses = dict(state.get("losses", {}))
-
-    def save(self, path: Path) -> Path:
-        return _atomic_torch_save(self.state_dict(), path)
-
-    # ----- one step ---------------------------------------------------------------------------------------
-    def _reference_targets(self, res: int):
-        if res not in self._ref_cache:
-            self._ref_cache = {res: _resize_reference(self.reference, res, self.device)}
-        return self._ref_cache[res]
-
-    def _shading(self, sched_step: float):
-        m = self.cfg.material
-        r = torch.rand(3, generator=self.cpu_gen).tolist()
-        if sched_step < m.ambient_only_steps or r[0] > m.diffuse_prob:
-            return "albedo"
-        return "textureless" if r[1] < m.textureless_prob else "diffuse"
-
-    def train_step(self) -> dict:
-        """One optimisation step; returns the weighted loss terms (floats)."""
-        cfg, step = self.cfg, self.step
-        sched = cfg.schedule_step(step)
-        stage = cfg.stage(step)
-        cc = cfg.cameras
-        lam = cfg.losses.at(sched)
-        step_size = cfg.render.step_size(cfg.field.radius)
-        if step % self.occupancy.update_every == 0:
-            self.occupancy.update(self.field.density, step_size, generator=self.dev_gen)
-        need_normals = any(lam[k] > 0 for k in ("orient", "normal_smooth", "normal_smooth_3d"))
-        perturb = cfg.normal_perturb_std if lam["normal_smooth_3d"] > 0 else 0.0
-        logs = {}
-
-        # random views: SDS + regularisers
-        B, res = cc.batch_sizes[stage], cc.resolutions[stage]
-        cams = sample_cameras(B, self.cpu_gen, cc.elevation_range, cc.azimuth_range, (cc.distance, cc.distance),
-                              (cc.fovy, cc.fovy), cc.light_distance_range, cc.light_position_perturb)
-        white = torch.rand(B, generator=self.cpu_gen) < cc.white_background_prob
-        bg = torch.where(white[:, None], torch.ones(B, 3), torch.rand(B, 3, generator=self.cpu_gen))
-        shading = self._shading(sched)
-        ambient_ratio = cfg.material.ambient_ratio_min + (1 - cfg.material.ambient_ratio_min) * float(
-            torch.rand(1, generator=self.cpu_gen))
-        out = render(self.field, cams, res, occupancy=self.occupancy, background=bg, shading=shading,
-                     ambient_ratio=ambient_ratio, with_normals=need_normals, normal_perturb_std=perturb,
-                     settings=cfg.render, generator=self.dev_gen)
-        sds = self.guidance(out.rgb, cams.elevation, cams.azimuth, cams.radius, sched, generator=self.dev_gen)
-        terms = {"sds": sds.loss, **regularisers(out, with_sparsity=True)}
-        loss_z = sum(lam[k] * v for k, v in terms.items())
-        logs.update({f"z/{k}": v.detach() for k, v in terms.items()})
-        samples = out.stats["samples"]
-        del out
-        if loss_z.requires_grad:
-            loss_z.backward()
-
-        # reference view: RGB + mask + regularisers
-        rres = cc.reference_resolutions[stage]
-        gt_rgb, gt_mask = self._reference_targets(rres)
-        ref_cam = orbit_cameras(cfg.sds.input_elevation, cfg.sds.input_azimuth, cc.distance, cc.fovy)
-        white1 = torch.ones(1, 3, device=self.device)
-        out_r = render(self.field, ref_cam, rres, occupancy=self.occupancy, background=white1, shading="diffuse",
-                       ambient_ratio=1.0, with_normals=need_normals, normal_perturb_std=perturb,
-                       settings=cfg.render, generator=self.dev_gen)
-        terms_r = {"rgb": reference_rgb_loss(out_r.rgb, gt_rgb, gt_mask, white1),
-                   "mask": mask_loss(out_r.opacity, gt_mask), **regularisers(out_r, with_sparsity=False)}
-        loss_r = sum(lam[k] * v for k, v in terms_r.items())
-        logs.update({f"ref/{k}": v.detach() for k, v in terms_r.items()})
-        del out_r
-        if loss_r.requires_grad:
-            loss_r.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        logs["loss"] = (loss_z + loss_r).detach()
-        values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device).reshape(())
-                              for v in logs.values()]).tolist()     # one device->host copy per step
-        self.last_losses = dict(zip(logs.keys(), values))
-        self.last_losses["samples"] = samples
-        return self.last_losses
-
-
 # ----- export ------------------------------------------------------------------------------------------------
 def _to_uint8(img: torch.Tensor) -> np.ndarray:
     return (img.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
 
 def export_results(trainer: ImageTo3DTrainer, out_dir: Path, result: ImageTo3DResult, progress: bool = True):
-    """Mesh (OBJ+MTL+texture, GLB, PLY with vertex colours), turntable MP4 + GIF and a preview grid."""
-    from ..export import bake_texture, extract_mesh, image_grid, vertex_colors
+    """Mesh (OBJ+MTL+texture, GLB, PLY with vertex colours), turntable MP4 + GIF and a preview grid, through the
+    representation's ``extract_mesh``, ``albedo`` and ``render_chunked`` only, from the input camera of
+    ``cfg.reference`` (files are +Y up with the input view's side toward +Z, :mod:`zero123.camera`)."""
+    from ..export import bake_texture, image_grid, vertex_colors
     from ..export.writers import write_gif, write_glb, write_mp4, write_obj, write_ply, write_png
 
-    cfg, ex = trainer.cfg, trainer.cfg.export
-    field_, dev = trainer.field, trainer.device
+    cfg, ex, rc = trainer.cfg, trainer.cfg.export, trainer.cfg.reference
+    rep = trainer.representation
     t0 = time.perf_counter()
-    mesh = extract_mesh(field_, ex.mesh)
+    mesh = rep.extract_mesh(ex.mesh)
     if len(mesh.faces) == 0:
         raise Zero123Error("marching cubes found no surface: the reconstruction is empty")
     if ex.max_faces and len(mesh.faces) > ex.max_faces:
         mesh = mesh.simplify_quadric_decimation(face_count=ex.max_faces)
     t1 = time.perf_counter()
 
-    def albedo_fn(p):
-        return field_.albedo(p.to(dev))
-
+    albedo_fn = rep.albedo
     textured = bake_texture(mesh, albedo_fn, ex.texture_size)
     t2 = time.perf_counter()
-    front = cfg.sds.input_azimuth  # files are +Y up with the input view's side toward +Z (zero123.camera)
+    front = rc.azimuth
     files = write_obj(textured, out_dir / "model.obj", front)
     result.obj = files["obj"]
     result.mtl = next((p for n, p in files.items() if n.endswith(".mtl")), None)
@@ -330,11 +111,8 @@ def export_results(trainer: ImageTo3DTrainer, out_dir: Path, result: ImageTo3DRe
     t3 = time.perf_counter()
 
     # turntable
-    cc = cfg.cameras
-    cams = turntable_cameras(ex.video_frames, cfg.sds.input_elevation, cc.distance, cc.fovy,
-                             start_azimuth=cfg.sds.input_azimuth)
-    frames = render_chunked(field_, cams, ex.video_size, occupancy=trainer.occupancy, settings=cfg.render,
-                            shading="albedo", max_images=8).rgb
+    cams = turntable_cameras(ex.video_frames, rc.elevation, rc.distance, rc.fovy, start_azimuth=rc.azimuth)
+    frames = rep.render_chunked(cams, ex.video_size, shading="albedo", max_images=8).rgb
     frames = _to_uint8(frames)
     result.mp4 = write_mp4(frames, out_dir / "turntable.mp4", fps=ex.video_fps)
     idx = np.linspace(0, len(frames), num=min(ex.gif_frames, len(frames)), endpoint=False).astype(int)
@@ -346,9 +124,8 @@ def export_results(trainer: ImageTo3DTrainer, out_dir: Path, result: ImageTo3DRe
     t4 = time.perf_counter()
 
     # preview: input + 4 views (albedo) / normals
-    pc = turntable_cameras(4, cfg.sds.input_elevation, cc.distance, cc.fovy, start_azimuth=cfg.sds.input_azimuth)
-    pv = render_chunked(field_, pc, ex.preview_size, occupancy=trainer.occupancy, settings=cfg.render,
-                        shading="albedo", with_normals=True)
+    pc = turntable_cameras(4, rc.elevation, rc.distance, rc.fovy, start_azimuth=rc.azimuth)
+    pv = rep.render_chunked(pc, ex.preview_size, shading="albedo", with_normals=True, max_images=4)
     ref = trainer.reference
     inp = torch.where(ref.mask, ref.rgb, torch.ones_like(ref.rgb))[0].permute(2, 0, 1)[None]
     inp = F.interpolate(inp, (ex.preview_size, ex.preview_size), mode="area")[0].permute(1, 2, 0)
@@ -397,14 +174,14 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         preset: ``auto`` (``default`` on a GPU, ``cpu`` on a CPU), ``default`` (the recipe, 600 steps), ``fast``,
             ``cpu`` (minutes on a CPU with the small bundled model) or ``tiny`` (CPU tests).
         steps: override the preset's number of steps (schedules are compressed/stretched to fit).
-        seed: seed of the field initialisation and every random draw.
-        device, dtype: for the diffusion model (default CUDA + fp16 when available, else CPU + fp32); the field
-            is always float32.
+        seed: seed of the representation's initialisation and every random draw.
+        device, dtype: for the diffusion model (default CUDA + fp16 when available, else CPU + fp32); the
+            representation is always float32.
         resume: a previous run's out dir (or its ``state.pt``): continue from its last checkpoint with its
             config (``preset`` is then ignored; ``steps`` may extend the run).
-        input_elevation: elevation of the input photo in degrees (default 5, the recipe's), or ``"auto"``: estimated
-            with the model (``zero123.elevation.estimate_input_elevation``; printed when ``progress``). A resumed
-            run keeps its own.
+        input_elevation: elevation of the input photo in degrees (sets ``reference.elevation``; None keeps the
+            config's, 5 in every preset, the recipe's), or ``"auto"``: estimated with the model
+            (``zero123.elevation.estimate_input_elevation``; printed when ``progress``). A resumed run keeps its own.
         model: an already loaded ``Zero123Model`` (then ``checkpoint``/``device``/``dtype`` are ignored).
         config: a full :class:`ImageTo3DConfig` instead of a preset.
         export: write the mesh/video files after training.
@@ -464,8 +241,7 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
             if isinstance(input_elevation, str):
                 raise Zero123Error(f"input elevation must be degrees or 'auto', got {input_elevation!r}")
             check_elevation(float(input_elevation), "input elevation")
-            cfg.sds.input_elevation = float(input_elevation)
-        cfg.sds.input_radius = cfg.cameras.distance
+            cfg.reference.elevation = float(input_elevation)
 
     if mask is not None or isinstance(matting_model, (str, Path)):  # bad foreground inputs fail before loading
         from ..preprocessing import _as_pil, load_mask, resolve_matting
@@ -482,14 +258,14 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
     model.requires_grad_(False)
     try:
         t_start = time.perf_counter()
-        reference = prepare_reference(image, cfg.reference_image_size, model.image_size, cfg.recentre_input,
+        reference = prepare_reference(image, cfg.reference.image_size, model.image_size, cfg.reference.recentre,
                                       matting_model=matting_model, mask=mask, segmentation=segmentation)
         estimate = None
         if auto_elevation:
             from ..elevation import describe, estimate_input_elevation
 
             estimate = estimate_input_elevation(model, reference.condition, seed=seed)
-            cfg.sds.input_elevation = estimate.degrees
+            cfg.reference.elevation = estimate.degrees
             if progress:
                 print(describe(estimate), flush=True)
         same_input = isinstance(image_arg, (str, Path)) and (out_dir / INPUT_RGBA_NAME).is_file() and \
@@ -505,12 +281,17 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
             write_png(np.asarray(reference.rgba_image.convert("RGBA")), out_dir / INPUT_RGBA_NAME)
         if reference.mask_image is not None:
             write_png(np.asarray(reference.mask_image), out_dir / "mask.png")
-        trainer = ImageTo3DTrainer(model, reference, cfg, seed=seed)
+        from ..guidance import build_guidance
+        from ..representations import build_representation
+
+        representation = build_representation(cfg, model.device, seed=seed)
+        trainer = ImageTo3DTrainer(representation, build_guidance(cfg, model, reference), reference, cfg, seed=seed)
         if state is not None:
             trainer.load_state_dict(state)
         ckpt = out_dir / "checkpoints" / CHECKPOINT_NAME
-        result = ImageTo3DResult(out_dir=out_dir, input_elevation=float(cfg.sds.input_elevation),
+        result = ImageTo3DResult(out_dir=out_dir, input_elevation=float(cfg.reference.elevation),
                                  elevation_estimate=estimate.as_dict() if estimate else None)
+        guided = trainer.guidance.loss_name
         bar = tqdm(total=cfg.steps, initial=trainer.step, desc="to3d", unit="step", disable=not progress,
                    dynamic_ncols=True)
         t_train = time.perf_counter()
@@ -518,8 +299,8 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
             while trainer.step < cfg.steps:
                 losses = trainer.train_step()
                 bar.update(1)
-                bar.set_postfix(loss=f"{losses['loss']:.4g}", sds=f"{losses['z/sds']:.3g}",
-                                stage=cfg.stage(trainer.step - 1))
+                bar.set_postfix({"loss": f"{losses['loss']:.4g}", guided: f"{losses[f'z/{guided}']:.3g}",
+                                 "stage": cfg.stage(trainer.step - 1)})
                 if callback is not None:
                     callback(trainer.step, cfg.steps, losses)
                 if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:

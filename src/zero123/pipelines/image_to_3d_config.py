@@ -9,6 +9,11 @@ a lighter mesh and video. ``cpu`` fits a laptop-class CPU with the small bundled
 on 2 cores). ``tiny`` is for CPU tests with the tiny random model (a handful of steps, 16 px).
 ``auto_preset(device)`` picks ``default`` on a GPU and ``cpu`` on a CPU (the one device-dependent rule).
 
+Parts by key: ``representation`` (``nerf``: :mod:`zero123.representations`, with the NeRF-only sections
+``field``, ``render``, ``occupancy``) and ``guidance`` (``zero123-sds``: :mod:`zero123.guidance`, section ``sds``).
+The ``reference`` section owns the input view: its camera (``elevation``, ``azimuth``, ``distance``, ``fovy``) and
+its preparation (``image_size``, ``recentre``); the guidance, the reference-view render and the export read it.
+
 The presets are data: ``zero123/assets/presets/<name>.yaml``. ``default.yaml`` spells out every key (the
 dataclass defaults below, which it must equal); the others list only the keys they change from it. They are
 read by the typed builder shared with the training configs (:mod:`zero123.utils.dataclass_config`), as are a
@@ -52,6 +57,21 @@ class CameraConfig:
     reference_resolutions: Tuple[int, ...] = (128, 256, 512)
     milestones: Tuple[int, ...] = (200, 300)      # recipe steps at which the next stage starts
     white_background_prob: float = 0.5            # random views: white background, else a random colour
+
+
+@dataclass
+class ReferenceConfig:
+    """The input view: the camera of the input photo (``elevation``, ``azimuth`` degrees, ``distance`` world units,
+    ``fovy`` degrees; :mod:`zero123.camera` conventions) and how the photo is prepared (``image_size``: side of the
+    prepared reference image in px; ``recentre``: segment and recentre it, False = an RGBA input already framed,
+    used as is, threestudio's input). The guidance, the reference-view render and the export read the camera here."""
+
+    elevation: float = 5.0
+    azimuth: float = 0.0
+    distance: float = 3.8
+    fovy: float = 20.0
+    image_size: int = 512
+    recentre: bool = True
 
 
 @dataclass
@@ -103,10 +123,11 @@ class ImageTo3DConfig:
     preset: str = "default"
     steps: int = 600
     schedule_steps: int = 600
-    reference_image_size: int = 512   # side of the prepared (recentred) reference image
-    recentre_input: bool = True       # False: an RGBA input already framed, used as is (threestudio's input)
+    representation: str = "nerf"       # zero123.representations.REPRESENTATIONS key
+    guidance: str = "zero123-sds"      # zero123.guidance.GUIDANCES key
     normal_perturb_std: float = 0.01
     checkpoint_every: int = 100
+    reference: ReferenceConfig = dc_field(default_factory=ReferenceConfig)
     field: FieldConfig = dc_field(default_factory=FieldConfig)
     render: RenderSettings = dc_field(default_factory=RenderSettings)
     occupancy: OccupancyConfig = dc_field(default_factory=OccupancyConfig)
@@ -142,6 +163,18 @@ class ImageTo3DConfig:
             raise Zero123Error("render resolutions must be >= 4 px and batch sizes >= 1")
         if self.checkpoint_every < 1:
             raise Zero123Error(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        from ..camera import check_elevation
+        from ..guidance import GUIDANCES
+        from ..representations import REPRESENTATIONS
+        from ..utils.registry import lookup
+
+        check_elevation(self.reference.elevation, "input elevation")
+        if not (self.reference.distance > 0 and 0 < self.reference.fovy < 180):
+            raise Zero123Error("reference.distance must be > 0 and reference.fovy in (0, 180) degrees")
+        if self.reference.image_size < 4:
+            raise Zero123Error(f"reference.image_size must be >= 4 px, got {self.reference.image_size}")
+        lookup(REPRESENTATIONS, self.representation, "representation")
+        lookup(GUIDANCES, self.guidance, "guidance")
         return self
 
     def to_dict(self) -> dict:

@@ -2,7 +2,7 @@
 
 The recipe of the Stable Zero123 model card. Three stages, one progress display:
 
-1. **text-to-image** (``zero123.text2image``): ``num_candidates`` SDXL / SDXL-Turbo images of
+1. **text-to-image** (``zero123.pipelines.text2image``): ``num_candidates`` SDXL / SDXL-Turbo images of
    ``prompt_template`` filled with the prompt (default "a 3D render of {prompt}, single object, centered, white
    background"), candidate ``i`` with seed ``seed + i``; written to ``out_dir/candidates/NN.png``.
 2. **background removal**: a foreground mask per candidate (``matting_model``: an ONNX model, see
@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import Zero123Error
-from ..text2image import (DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_TEMPLATE, TextToImage, check_model_path,
+from .text2image import (DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_TEMPLATE, TextToImage, check_model_path,
                           format_prompt, resolve_preset)
 
 CANDIDATES_DIR = "candidates"

@@ -1,7 +1,9 @@
 """Cameras for field rendering: ray bundles and the image-to-3D recipe's camera sampling.
 
-All matrices come from :func:`zero123.camera.camera_to_world` (z-up world, OpenGL camera axes: the camera looks
-down its -z, +y up in the image). Angles are degrees, distances world units. Pixel ``(row i, col j)`` of an
+Thin users of :mod:`zero123.camera`, where the maths lives: matrices from :func:`zero123.camera.camera_to_world`
+(z-up world, OpenGL camera axes: the camera looks down its -z, +y up in the image), rays from
+:func:`zero123.camera.pixel_rays`, band elevations from :func:`zero123.camera.sphere_band_elevation`. Angles are
+degrees, distances world units. Pixel ``(row i, col j)`` of an
 ``H x W`` image shoots the ray through its centre ``(j + 0.5, i + 0.5)``; row 0 is the top of the image.
 """
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..camera import camera_to_world, position_from_spherical
+from ..camera import camera_to_world, pixel_rays, position_from_spherical, sphere_band_elevation
 from ..errors import Zero123Error
 
 
@@ -77,8 +79,7 @@ def sample_cameras(batch_size: int, generator: torch.Generator, elevation_range=
     if float(torch.rand(1, generator=generator)) < 0.5:
         elevation = u(lo, hi)
     else:
-        p = u((lo + 90.0) / 180.0, (hi + 90.0) / 180.0)
-        elevation = torch.rad2deg(torch.asin(2 * p - 1.0))
+        elevation = sphere_band_elevation(torch.rand(batch_size, generator=generator), (lo, hi), "threestudio")
     azimuth = u(*azimuth_range)
     radius = u(*distance_range)
     fovy = u(*fovy_range)
@@ -91,7 +92,7 @@ def sample_cameras(batch_size: int, generator: torch.Generator, elevation_range=
 
 
 def ray_bundle(c2w: torch.Tensor, fovy_deg, height: int, width: int | None = None):
-    """World-space rays of every pixel.
+    """World-space rays of every pixel (:func:`zero123.camera.pixel_rays`, ``c2w`` checked first).
 
     Args:
         c2w: ``[B,4,4]`` camera-to-world (OpenGL axes). fovy_deg: float or ``[B]`` vertical fov in degrees.
@@ -101,18 +102,4 @@ def ray_bundle(c2w: torch.Tensor, fovy_deg, height: int, width: int | None = Non
     width = height if width is None else width
     if c2w.ndim != 3 or c2w.shape[-2:] != (4, 4):
         raise Zero123Error(f"c2w must be [B,4,4], got {tuple(c2w.shape)}")
-    B, dev = c2w.shape[0], c2w.device
-    fovy = torch.as_tensor(fovy_deg, dtype=torch.float32, device=dev).reshape(-1).expand(B)
-    focal = 0.5 * height / torch.tan(torch.deg2rad(fovy) / 2)                            # [B] pixels
-    j = torch.arange(width, device=dev, dtype=torch.float32) + 0.5
-    i = torch.arange(height, device=dev, dtype=torch.float32) + 0.5
-    ii, jj = torch.meshgrid(i, j, indexing="ij")                                          # [H,W]
-    x = (jj - width / 2)[None] / focal[:, None, None]
-    y = -(ii - height / 2)[None] / focal[:, None, None]
-    d_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)                              # [B,H,W,3]
-    rot = c2w[:, :3, :3].float()
-    d = torch.einsum("bij,bhwj->bhwi", rot, d_cam)
-    d = F.normalize(d, dim=-1)
-    o = c2w[:, None, None, :3, 3].float().expand_as(d)
-    return o, d
-
+    return pixel_rays(c2w, fovy_deg, height, width)

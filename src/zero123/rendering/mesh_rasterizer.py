@@ -7,10 +7,11 @@ OpenGL axes (the camera looks down its own -z, +y is up in the image, +x right);
 field of view in degrees; images are square, ``size x size``, row 0 at the top. Pixel ``(row i, col j)`` samples
 the ray through its centre ``(j + 0.5, i + 0.5)``.
 
-Algorithm: vertices are moved to camera space, triangles that cross the near plane are clipped (so cameras may
-sit inside big meshes), every triangle is expanded into the pixel centres of its screen bounding box, the
-screen-space barycentrics decide coverage, and a z-buffer (scatter-min over pixel index) keeps the nearest
-fragment per pixel. Attributes are interpolated perspective-correctly (barycentrics divided by depth).
+Algorithm: vertices are moved to camera space, triangles that cross the near plane are clipped (so cameras may sit
+inside big meshes), every triangle is expanded into the pixel centres of its screen bounding box, the screen-space
+barycentrics decide coverage (:mod:`zero123.rendering.coverage`, the package's one coverage kernel), and a z-buffer
+(scatter-min over pixel index) keeps the nearest fragment per pixel. Attributes are interpolated
+perspective-correctly (barycentrics divided by depth).
 Triangles are two-sided (no back-face culling; normals are flipped to face the camera for shading).
 
 Colours: a ``TextureVisuals`` with an image is sampled at the interpolated UV (bilinear, wrap-around; the
@@ -28,12 +29,13 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..camera import fov_to_focal
+from ..camera import project_to_pixels, world_to_camera_points
 from ..errors import Zero123Error
+from .coverage import triangle_coverage
 
 __all__ = ["render_mesh", "PreparedMesh", "prepare_mesh"]
 
-#: Upper bound on (triangle, pixel) candidate pairs processed at once; bounds peak memory (~40 bytes/pair).
+#: Upper bound on (triangle, pixel) candidate pairs processed at once (the coverage kernel's chunk, ~200 bytes/pair).
 _CHUNK_PAIRS = 1 << 21
 
 
@@ -239,9 +241,7 @@ def _rasterize_view(pm: PreparedMesh, c2w: torch.Tensor, fov_deg: float, size: i
     """Z-buffer one view. Returns (zbuf [size*size] (inf = empty), face [size*size] (-1 = empty),
     bary [size*size,3] perspective-correct barycentrics w.r.t. the original face)."""
     n_pix = size * size
-    w2c_rot = c2w[:3, :3].T
-    w2c_t = -(w2c_rot @ c2w[:3, 3])
-    v_cam = pm.vertices @ w2c_rot.T + w2c_t  # [V,3]
+    v_cam = world_to_camera_points(pm.vertices, c2w)  # [V,3]
     tri_cam = v_cam[pm.faces]  # [F,3,3]
     depth = -tri_cam[..., 2]  # [F,3]
     face_id, weights = _clip_near(depth, near)
@@ -254,71 +254,14 @@ def _rasterize_view(pm: PreparedMesh, c2w: torch.Tensor, fov_deg: float, size: i
     # functions would lose ~1e-3 relative accuracy there
     tri_cam, weights = tri_cam.double(), weights.double()
     rt = weights @ tri_cam[face_id]  # [T,3,3] raster triangle vertices, camera space
-    d = (-rt[..., 2]).clamp_min(near * 0.5)  # [T,3]
-    f = fov_to_focal(fov_deg, size)
-    half = size / 2.0
-    sx = half + f * rt[..., 0] / d  # [T,3] pixel x (columns, right)
-    sy = half - f * rt[..., 1] / d  # pixel y (rows, down)
+    sx, sy, d = project_to_pixels(rt, fov_deg, size, min_depth=near * 0.5)  # [T,3] pixel x (right), y (down), depth
 
-    # pixel-centre bounding boxes: centres at j + 0.5 inside [min, max]
-    x0 = torch.ceil(sx.min(1).values - 0.5).clamp(0, size).to(torch.int64)
-    x1 = torch.floor(sx.max(1).values - 0.5).clamp(-1, size - 1).to(torch.int64)
-    y0 = torch.ceil(sy.min(1).values - 0.5).clamp(0, size).to(torch.int64)
-    y1 = torch.floor(sy.max(1).values - 0.5).clamp(-1, size - 1).to(torch.int64)
-    bw = (x1 - x0 + 1).clamp_min(0)
-    bh = (y1 - y0 + 1).clamp_min(0)
-    # signed doubled area; degenerate (zero-area) triangles cover nothing
-    area = (sx[:, 1] - sx[:, 0]) * (sy[:, 2] - sy[:, 0]) - (sx[:, 2] - sx[:, 0]) * (sy[:, 1] - sy[:, 0])
-    count = torch.where(area.abs() > 1e-12, bw * bh, torch.zeros_like(bw))
-    keep = torch.nonzero(count > 0).squeeze(1)
-    if len(keep) == 0:
-        return zbuf.float(), fbuf, bbuf.float()
-    count, bw, x0, y0 = count[keep], bw[keep], x0[keep], y0[keep]
-    sx, sy, d, area, face_id, weights = sx[keep], sy[keep], d[keep], area[keep], face_id[keep], weights[keep]
     inv_d = 1.0 / d
-    # per-triangle affine forms over pixel centres (cx, cy): screen barycentrics l0, l1 (sign-normalised by the
-    # area, so both windings work) and 1/depth (linear in screen space); float64
-    X0, X1, X2 = sx.unbind(1)
-    Y0, Y1, Y2 = sy.unbind(1)
-    A0, B0, C0 = (Y1 - Y2) / area, (X2 - X1) / area, (X1 * Y2 - X2 * Y1) / area
-    A1, B1, C1 = (Y2 - Y0) / area, (X0 - X2) / area, (X2 * Y0 - X0 * Y2) / area
-    e0, e1 = inv_d[:, 0] - inv_d[:, 2], inv_d[:, 1] - inv_d[:, 2]
-    coef = torch.stack([A0, B0, C0, A1, B1, C1, A0 * e0 + A1 * e1, B0 * e0 + B1 * e1,
-                        C0 * e0 + C1 * e1 + inv_d[:, 2]], 1)
-
-    # split triangles into chunks of about _CHUNK_PAIRS candidate pixels
-    csum = torch.cumsum(count, 0)
-    bounds = [0]
-    start_total = 0
-    total = int(csum[-1])
-    while start_total < total:
-        nxt = int(torch.searchsorted(csum, torch.tensor(start_total + _CHUNK_PAIRS), right=True))
-        nxt = max(nxt, bounds[-1] + 1)
-        nxt = min(nxt, len(count))
-        bounds.append(nxt)
-        start_total = int(csum[nxt - 1])
-    eps = -1e-6
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        cnt = count[lo:hi]
-        t = torch.repeat_interleave(torch.arange(lo, hi), cnt)
-        offs = torch.arange(len(t)) - torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt)
-        bwt = bw[t]
-        py = torch.div(offs, bwt, rounding_mode="floor")
-        px = x0[t] + (offs - py * bwt)
-        py = py + y0[t]
-        cx = px.to(torch.float64) + 0.5
-        cy = py.to(torch.float64) + 0.5
-        c = coef[t]
-        l0 = c[:, 0] * cx + c[:, 1] * cy + c[:, 2]
-        l1 = c[:, 3] * cx + c[:, 4] * cy + c[:, 5]
-        inside = (l0 >= eps) & (l1 >= eps) & (l0 + l1 <= 1.0 - eps)
-        idx = torch.nonzero(inside).squeeze(1)
-        if len(idx) == 0:
-            continue
-        t, px, py, l0, l1, c = t[idx], px[idx], py[idx], l0[idx], l1[idx], c[idx]
-        # unclamped barycentrics: exact planar extrapolation for centres just outside an edge
-        z = 1.0 / (c[:, 6] * cx[idx] + c[:, 7] * cy[idx] + c[:, 8])  # perspective-correct depth
-        pix = py * size + px
+    # pixel centres (j + 0.5, i + 0.5) are the kernel's integer sample points
+    for cov in triangle_coverage(torch.stack([sx, sy], -1) - 0.5, size, size, chunk=_CHUNK_PAIRS):
+        t, pix = cov.tri, cov.y * size + cov.x
+        # barycentrics are unclamped: exact planar extrapolation for centres just outside an edge
+        z = 1.0 / (cov.bary * inv_d[t]).sum(1)  # perspective-correct depth (1/depth is linear on screen)
         zmin = torch.full((n_pix,), float("inf"), dtype=z.dtype).scatter_reduce(0, pix, z, reduce="amin")
         win = (z <= zmin[pix]) & (z < zbuf[pix])
         w_idx = torch.nonzero(win).squeeze(1)
@@ -329,8 +272,7 @@ def _rasterize_view(pm: PreparedMesh, c2w: torch.Tensor, fov_deg: float, size: i
         upd = torch.nonzero(best >= 0).squeeze(1)
         sel = best[upd]
         ts, zs = t[sel], z[sel]
-        L = torch.stack([l0[sel], l1[sel], 1.0 - l0[sel] - l1[sel]], 1)
-        bc = L * inv_d[ts] * zs[:, None]  # perspective-correct barycentrics w.r.t. the raster triangle
+        bc = cov.bary[sel] * inv_d[ts] * zs[:, None]  # perspective-correct barycentrics w.r.t. the raster triangle
         zbuf[upd] = zs
         fbuf[upd] = face_id[ts]
         bbuf[upd] = torch.einsum("nk,nkj->nj", bc, weights[ts])

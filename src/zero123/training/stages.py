@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import Zero123Error
+from ..utils.images import save_image_grid  # noqa: F401  (rows of [3,H,W] tensors in [-1,1] -> one PNG)
 from .build import build_model, build_vae, start_ema_from_checkpoint
 from .checkpointing import vae_fingerprint
 from .config import TrainConfig
@@ -35,25 +36,6 @@ def sample_views(model, cond: torch.Tensor, camera: torch.Tensor, steps: int = 5
         latents = pipe.sample(cond.to(model.device), camera.to(model.device), num_inference_steps=steps,
                               guidance_scale=guidance_scale, eta=eta, generator=gen)
         return model.decode_latents(latents).float().clamp(-1, 1)
-
-
-def save_image_grid(rows: list, path) -> Path:
-    """Write rows of images (each a list of ``[3,H,W]`` tensors in [-1,1]) as one PNG, atomically."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = rows[0][0].shape[-2:]
-    cols = max(len(r) for r in rows)
-    grid = Image.new("RGB", (cols * w, len(rows) * h), (255, 255, 255))
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            arr = ((img.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-            grid.paste(Image.fromarray(arr), (j * w, i * h))
-    from ..utils.atomic import atomic_save_image
-
-    return atomic_save_image(grid, path)
-
 
 
 def export_model(model, folder) -> Path:

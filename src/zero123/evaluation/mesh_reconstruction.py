@@ -31,6 +31,7 @@ from ..export.mesh import MeshExtractionConfig, extract_mesh
 from ..fields import FieldConfig, NeRFField, OccupancyGrid
 from ..guidance.losses import opaque_loss
 from ..rendering.cameras import orbit_cameras, ray_bundle
+from ..rendering.coverage import covered_points
 from ..rendering.volume import RenderSettings, render_rays
 
 
@@ -135,29 +136,11 @@ def voxelize(mesh, resolution: int = 64, lo: float = -1.05, hi: float = 1.05) ->
     jitter = np.array([1e-4 * math.sqrt(2), 1e-4 * math.sqrt(3)]) * step
     # triangle coordinates in column units
     xy = (tri[:, :, :2] - lo - jitter) / step                                           # [F,3,2]
-    c_lo = np.clip(np.ceil(xy.min(1)), 0, resolution - 1).astype(np.int64)
-    c_hi = np.clip(np.floor(xy.max(1)), 0, resolution - 1).astype(np.int64)
     counts = np.zeros((resolution, resolution, resolution + 1), dtype=np.int64)
-    w = np.maximum(c_hi[:, 0] - c_lo[:, 0] + 1, 0)
-    h = np.maximum(c_hi[:, 1] - c_lo[:, 1] + 1, 0)
-    n = w * h
-    fid = np.repeat(np.arange(len(tri)), n)
-    if fid.size:
-        offs = np.arange(fid.size) - np.repeat(np.cumsum(n) - n, n)
-        cx = c_lo[fid, 0] + offs % w[fid]
-        cy = c_lo[fid, 1] + offs // w[fid]
-        p = np.stack([cx, cy], -1).astype(np.float64)
-        a, b, c = xy[fid, 0], xy[fid, 1], xy[fid, 2]
-        v0, v1, v2 = b - a, c - a, p - a
-        den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
-        ok = np.abs(den) > 1e-15
-        den = np.where(ok, den, 1.0)
-        l1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
-        l2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
-        l0 = 1 - l1 - l2
-        inside = ok & (l0 >= 0) & (l1 >= 0) & (l2 >= 0)
-        z = l0 * tri[fid, 0, 2] + l1 * tri[fid, 1, 2] + l2 * tri[fid, 2, 2]
-        cx, cy, z = cx[inside], cy[inside], z[inside]
+    cov = covered_points(torch.from_numpy(xy), resolution, resolution, eps=0.0, min_area=1e-15)
+    if len(cov.tri):
+        fid, cx, cy = cov.tri.numpy(), cov.x.numpy(), cov.y.numpy()
+        z = (cov.bary.numpy() * tri[fid, :, 2]).sum(1)
         # crossing at height z: every grid point strictly below it gets one more crossing above
         k = np.searchsorted(axis, z, side="left")                                         # points with z_k < z
         np.add.at(counts, (cx, cy, np.zeros_like(k)), 1)
@@ -317,7 +300,7 @@ def analytic_shape(name: str):
 
 
 def main(argv=None) -> int:
-    """``python -m zero123.pipelines.mesh_reconstruction [shape ...] [--steps N]``: print the metrics."""
+    """``python -m zero123.evaluation.mesh_reconstruction [shape ...] [--steps N]``: print the metrics."""
     import argparse
 
     p = argparse.ArgumentParser(description=main.__doc__)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device-tool call that trained the bundled default model (one H200, one call under 10 minutes):
-#   bash bench/device/train_default_model.sh      (needs $OUT; wheels for packages missing there under .whl/)
-# Runs tools/train_default_model.sh without its evaluation (done afterwards on the CPU, from the same renders)
+#   bash tools/default_model/device_train.sh      (needs $OUT; wheels for packages missing there under .whl/)
+# Runs tools/default_model/train.sh without its evaluation (done afterwards on the CPU, from the same renders)
 # and packs the fp16 model, the training logs and sample grids, and a checksum list of the renders into $OUT
 # (model.tar split in 15 MiB parts: the device tool returns files of at most 16 MiB).
 set -uo pipefail
@@ -20,5 +20,5 @@ trap pack EXIT
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, diffusers, transformers, accelerate; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__)"
 SECONDS=0
-WORK=$WORK EVAL=0 bash tools/train_default_model.sh 2>&1 | tee "$OUT/train.log" | grep -v 'step/s\]\|s/step\]'
+WORK=$WORK EVAL=0 bash tools/default_model/train.sh 2>&1 | tee "$OUT/train.log" | grep -v 'step/s\]\|s/step\]'
 echo "total ${SECONDS}s"

@@ -34,7 +34,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import Zero123Error
+from ..errors import Zero123Error
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def load_sdxl_pipeline(path: str | os.PathLike, *, config: str | os.PathLike | N
     """
 
     path, config = check_model_path(path, config)
-    from .utils.device import resolve_device, resolve_dtype
+    from ..utils.device import resolve_device, resolve_dtype
 
     device = resolve_device(device)
     kwargs = dict(torch_dtype=resolve_dtype(dtype, device), local_files_only=True)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Continue training the bundled default model (one device call under 10 minutes): render the procedural dataset
-# as tools/train_default_model.sh does, then train the diffusion stage starting from the given weights
+# as tools/default_model/train.sh does, then train the diffusion stage starting from the given weights
 # (model.init_from, default the shipped folder; its VAE stays frozen), convert to the fp16 folder and pack it into
-# $OUT as bench/device/train_default_model.sh does; then the conditioning check and zero123 eval on the GPU.
+# $OUT as tools/default_model/device_train.sh does; then the conditioning check and zero123 eval on the GPU.
 # Chained calls: unpack the returned model.tar parts OVER src/zero123/assets/default_model (keep its README.md)
 # so that the next call starts from them (the default INIT). Carrying a second 30 MB folder next to the bundled
 # one exceeds the device tool's 64 MiB working-tree limit. A call on a still-warm machine can instead start from
@@ -23,14 +23,14 @@
 # other objects than seed 0's) --test-fraction 0 (all train) and merged with the seed-0 render
 # (`zero123 merge-datasets`), so the seed-0 render's val/test objects stay held out and the evaluation unchanged.
 # TAG=name keeps this run's files apart from other runs sharing $WORK's renders: $WORK/diffusion_name,
-# $WORK/default_model_name, /tmp/dm_chain_name and $OUT/name/ (bench/device/finetune_variants.sh runs one per GPU).
+# $WORK/default_model_name, /tmp/dm_chain_name and $OUT/name/ (tools/default_model/device_finetune_variants.sh runs one per GPU).
 # RENDER_ONLY=1 stops once the renders (and the merged dataset) are ready.
 # RESUME=1 continues the training run the previous call left in $WORK/diffusion on a warm machine (--resume latest:
 # weights, optimizer, EMA, step and lr schedule), e.g. one cosine decay over several calls:
 #   NPROC=2 EXTRA_OBJECTS=6000 DEADLINE=565 EXTRA="max_steps=6000 optim.decay=cosine ..." bash ...   # call 1 (v0.4)
 #   RESUME=1 NPROC=2 EXTRA_OBJECTS=6000 DEADLINE=565 EXTRA="(the same)" bash ...   # calls 2, 3
-#   BENCH=1 MINUTES=4.5 bash bench/device/finetune_default_model.sh     # + the batch 128 vs 512 step benchmark
-#   EVAL=0 MINUTES=8.4 EXTRA="optim.warmup_steps=50 sample.every=0" bash bench/device/finetune_default_model.sh
+#   BENCH=1 MINUTES=4.5 bash tools/default_model/device_finetune.sh     # + the batch 128 vs 512 step benchmark
+#   EVAL=0 MINUTES=8.4 EXTRA="optim.warmup_steps=50 sample.every=0" bash tools/default_model/device_finetune.sh
 #                                                                       # each of the two calls that made v0.2
 #                                                                       # (then without the latent cache)
 set -uo pipefail

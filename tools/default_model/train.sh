@@ -3,8 +3,8 @@
 # train the view-conditioned diffusion model (stage 2), evaluate it on the held-out objects against the trivial
 # baselines, and write the fp16 diffusers folder that ships as zero123/assets/default_model.
 #
-#   bash tools/train_default_model.sh                      # defaults below (one GPU: ~8 minutes + evaluation)
-#   OBJECTS=24 VAE_MINUTES=0.2 DIFF_MINUTES=0.3 EVAL_OBJECTS=2 EVAL_STEPS=5 bash tools/train_default_model.sh  # smoke
+#   bash tools/default_model/train.sh                      # defaults below (one GPU: ~8 minutes + evaluation)
+#   OBJECTS=24 VAE_MINUTES=0.2 DIFF_MINUTES=0.3 EVAL_OBJECTS=2 EVAL_STEPS=5 bash tools/default_model/train.sh  # smoke
 #
 # Every stage is resumable: run it again with the same WORK folder and the training stages continue from their
 # last checkpoint (--resume latest) for another *_MINUTES each; rendering is skipped once the manifest exists.
