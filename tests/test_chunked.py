@@ -6,7 +6,8 @@ import torch
 
 from zero123.errors import Zero123Error
 from zero123.fields import FieldConfig, NeRFField, OccupancyGrid
-from zero123.guidance.losses import mask_loss, reference_rgb_loss, regularisers
+from zero123.guidance.losses import mask_loss, reference_rgb_loss
+from zero123.representations.nerf import regularisers
 from zero123.rendering import chunked
 from zero123.rendering.cameras import orbit_cameras
 from zero123.rendering.chunked import Part, opaque_ray_count, parts_by_samples, render_backward

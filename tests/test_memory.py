@@ -12,20 +12,25 @@ from zero123.utils.memory import GIB, MemoryPlan, resolve_budget
 def test_plan_part_sizes_follow_the_budget_and_the_model():
     plan = MemoryPlan(budget=11 * GIB, model_size=256, itemsize=2)
     resident = 3 * GIB
-    n_ref = plan.max_samples(resident)                       # reference view: no guidance graph
-    n_rand = plan.max_samples(resident, guidance_images=4)   # random views: VAE graph of 4 renders + the UNet
-    # the model itself: the samples that fit fill the budget left after the fixed parts
-    assert n_ref * plan.bytes_per_sample <= 11 * GIB * memory.USABLE_FRACTION - resident
-    assert (n_ref + 1) * plan.bytes_per_sample > 11 * GIB * memory.USABLE_FRACTION - resident
-    assert n_ref - n_rand == pytest.approx(plan.guidance_bytes(4) / plan.bytes_per_sample, abs=1)
+    whole_ref, part_ref = plan.limits(resident)                  # reference view: no guidance graph
+    whole, part = plan.limits(resident, guidance_images=4)       # random views: VAE graph of 4 renders + the UNet
+    # a part fills the budget left after the resident memory and the render workspace
+    free = 11 * GIB * memory.USABLE_FRACTION - resident - memory.RENDER_WORKSPACE
+    assert part * plan.bytes_per_sample <= free < (part + 1) * plan.bytes_per_sample
+    assert part == part_ref == whole_ref        # the guidance runs before the parts: it only bounds a whole render
+    assert part - whole == pytest.approx(plan.guidance_bytes(4) / plan.bytes_per_sample, abs=1)
     assert plan.guidance_bytes(4) == 4 * 256 ** 2 * memory.GUIDANCE_BYTES_PER_PIXEL // 2 + memory.UNET_WORKSPACE
-    assert MemoryPlan(budget=None).max_samples(resident, 12) is None
-    assert MemoryPlan(budget=22 * GIB).max_samples(resident) > 2 * n_ref  # twice the budget, over twice the parts
+    assert MemoryPlan(budget=None).limits(resident, 12) == (None, None)
+    assert MemoryPlan(budget=22 * GIB).limits(resident)[1] > 2 * part  # twice the budget, over twice the part
+    # 12 views of guidance leave no room for a whole render beside it, but parts still fit
+    assert plan.limits(resident, guidance_images=12)[0] == 0
 
 
 def test_a_run_that_cannot_fit_names_max_memory():
-    with pytest.raises(Zero123Error, match=r"needs at least .* GiB .*--max-memory 2.0 GiB"):
-        MemoryPlan(budget=2 * GIB).max_samples(3 * GIB, guidance_images=12)
+    with pytest.raises(Zero123Error, match=r"needs at least .* GiB .*--max-memory 5.0 GiB"):
+        MemoryPlan(budget=5 * GIB).limits(3 * GIB)               # no room for a part
+    with pytest.raises(Zero123Error, match=r"needs at least 8.3 GiB .*--max-memory 7.0 GiB"):
+        MemoryPlan(budget=7 * GIB).limits(2 * GIB, guidance_images=12)   # the guidance alone does not fit
     with pytest.raises(Zero123Error, match="--max-memory must be a positive"):
         resolve_budget(0, "cpu")
     assert resolve_budget(None, "cpu") is None and resolve_budget(1.5, "cpu") == int(1.5 * GIB)

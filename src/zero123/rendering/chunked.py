@@ -1,6 +1,7 @@
 """Renders and their losses in parts (bands of image rows of groups of views), one backward per part.
 
-Every loss of a render in :mod:`zero123.guidance.losses` is a mean: over pixels (rgb, mask, opaque, sparsity),
+Every loss of a render (:mod:`zero123.guidance.losses`, the NeRF regularisers of
+:mod:`zero123.representations.nerf`) is a mean: over pixels (rgb, mask, opaque, sparsity),
 over ray samples (3D normal smoothness), over the rays with opacity > 0 (orient) or over neighbouring-pixel pairs
 (2D normal smoothness). A mean over the whole render is the sum over parts of each part's *sum* divided by the
 whole render's count, so back-propagating each part's share in turn accumulates the whole render's gradient in
@@ -68,12 +69,14 @@ class WholeCounts:
         return self.batch * self.height * self.width
 
 
-def parts_by_samples(samples: ImageSamples, max_samples: Optional[int]) -> List[Part]:
+def parts_by_samples(samples: ImageSamples, max_samples: Optional[int],
+                     max_whole: Optional[int] = None) -> List[Part]:
     """Split the images of ``samples`` into parts holding at most ``max_samples`` kept samples each (None: one
-    part). A part is one view's band of whole rows, or several whole views when they fit together; a single row
+    part); one part when they hold at most ``max_whole`` (default ``max_samples``). A part is one view's band of whole rows, or several whole views when they fit together; a single row
     above the budget is a part of its own (rows are not split)."""
     B, H, W = samples.batch, samples.height, samples.width
-    if max_samples is None or samples.num_samples <= max_samples:
+    max_whole = max_samples if max_whole is None else max_whole
+    if max_samples is None or samples.num_samples <= max_whole:
         return [Part(slice(0, B), slice(0, H))]
     if max_samples < 1:
         raise Zero123Error(f"max_samples must be >= 1, got {max_samples}")
@@ -134,7 +137,7 @@ def _own(out: RenderOutput, part: Part, name: str):
 def part_terms(out: RenderOutput, part: Part, whole: WholeCounts, *, gt_rgb: Optional[torch.Tensor] = None,
                gt_mask: Optional[torch.Tensor] = None, background: Optional[torch.Tensor] = None,
                with_sparsity: bool = False) -> Dict[str, torch.Tensor]:
-    """The part's shares of the terms of :func:`zero123.guidance.losses.regularisers` (and, with ``gt_rgb`` /
+    """The part's shares of the terms of :func:`zero123.representations.nerf.regularisers` (and, with ``gt_rgb`` /
     ``gt_mask`` of the whole images ``[B,H,W,C]``, of ``reference_rgb_loss`` / ``mask_loss``): summed over all
     parts they are the whole render's terms. ``out``: :func:`render` of ``part.views`` x ``part.render_rows``."""
     P = float(whole.pixels)
@@ -200,11 +203,12 @@ __all__ = ["Part", "WholeCounts", "parts_by_samples", "opaque_ray_count", "part_
 def render_backward(field, cameras, height: int, weights: Dict[str, float], *,
                     whole_terms: Callable[[RenderOutput], Dict[str, torch.Tensor]],
                     image_terms: Optional[Callable[[torch.Tensor], Dict[str, torch.Tensor]]] = None,
-                    max_samples: Optional[int] = None, gt_rgb=None, gt_mask=None, background=None,
+                    max_samples: Optional[int] = None, max_whole_samples: Optional[int] = None, gt_rgb=None, gt_mask=None, background=None,
                     with_sparsity: bool = False, occupancy=None, settings=None, generator=None,
                     with_normals: bool = False, normal_perturb_std: float = 0.0, **render_kwargs):
     """Render ``cameras`` at ``height`` px, take its loss terms and back-propagate their weighted sum, in parts of
-    at most ``max_samples`` kept samples (None: whole).
+    at most ``max_samples`` kept samples (None: whole; whole anyway when it holds at most ``max_whole_samples``,
+    default ``max_samples``).
 
     When the whole render fits in one part it is rendered whole and ``whole_terms(out)`` gives its terms (the
     unchunked computation exactly); else every part's :func:`part_terms` are back-propagated in turn (same
@@ -219,7 +223,7 @@ def render_backward(field, cameras, height: int, weights: Dict[str, float], *,
     samples = sample_images(field, cameras, height, occupancy=occupancy, settings=settings, generator=generator,
                             normal_perturb_std=normal_perturb_std if with_normals else 0.0,
                             stratified=render_kwargs.get("stratified"))
-    parts = parts_by_samples(samples, max_samples)
+    parts = parts_by_samples(samples, max_samples, max_whole_samples)
     common = dict(occupancy=occupancy, background=background, settings=settings, with_normals=with_normals,
                   normal_perturb_std=normal_perturb_std, samples=samples, **render_kwargs)
     stats = {"samples": samples.num_samples, "rays": samples.batch * height * height, "parts": len(parts)}

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, ClassVar, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..utils.registry import lookup, registrar
+from ..errors import Zero123Error
 
 if TYPE_CHECKING:  # pragma: no cover
     import trimesh
@@ -94,6 +94,29 @@ class Representation(torch.nn.Module):
         """As :meth:`render` (same keywords) without gradients and with bounded memory (videos, previews)."""
         raise NotImplementedError
 
+    def render_backward(self, cameras: "Cameras", resolution: int, weights: Dict[str, float], *,
+                        background: Tensor, with_sparsity: bool, image_terms=None, targets=None,
+                        max_samples: Optional[int] = None, max_whole_samples: Optional[int] = None,
+                        **render_kwargs) -> Tuple[Dict[str, Tensor], dict]:
+        """Render ``cameras``, take the loss terms and back-propagate ``sum(weights[k] * term_k)`` (a missing
+        weight is 0). Terms, in this order: ``image_terms(rgb)`` (``{name: loss}`` of the whole images, e.g. the
+        guidance), with ``targets = (gt_rgb [B,H,W,3], gt_mask [B,H,W,1])`` ``"rgb"`` / ``"mask"``
+        (:func:`zero123.guidance.losses.reference_rgb_loss` / ``mask_loss`` on ``background``), then
+        :meth:`regularisers`. ``render_kwargs``: as :meth:`render`. Returns ``(detached terms, render stats)``.
+
+        ``max_samples``: the most a render part may hold, ``max_whole_samples``: the most a render made whole may
+        hold (``zero123.utils.memory.MemoryPlan.limits``); a representation that renders in parts with the same
+        gradient (the NeRF: ``zero123.rendering.chunked``) keeps to them, this default renders whole."""
+        out = self.render(cameras, resolution, background=background, **render_kwargs)
+        terms = dict(image_terms(out.rgb)) if image_terms is not None else {}
+        if targets is not None:
+            terms.update(reference_terms(out, targets, background))
+        terms.update(self.regularisers(out, with_sparsity=with_sparsity))
+        loss = sum(weights.get(k, 0.0) * v for k, v in terms.items())
+        if isinstance(loss, Tensor) and loss.requires_grad:
+            loss.backward()
+        return {k: v.detach() for k, v in terms.items()}, dict(out.stats)
+
     def regularisers(self, out: RenderResult, *, with_sparsity: bool) -> Dict[str, Tensor]:
         """Its own loss terms of one render by name (scalars); the trainer weights them with ``cfg.losses`` (a
         name missing from :class:`zero123.guidance.losses.LossWeights` has weight 0) and sums them.
@@ -124,12 +147,24 @@ class Representation(torch.nn.Module):
         raise NotImplementedError
 
 
+def reference_terms(out: RenderResult, targets, background: Tensor) -> Dict[str, Tensor]:
+    """The reference view's ``rgb`` and ``mask`` terms of a whole render against ``targets = (gt_rgb, gt_mask)``."""
+    from ..guidance.losses import mask_loss, reference_rgb_loss
+
+    gt_rgb, gt_mask = targets
+    return {"rgb": reference_rgb_loss(out.rgb, gt_rgb, gt_mask, background), "mask": mask_loss(out.opacity, gt_mask)}
+
+
 #: registry key (``ImageTo3DConfig.representation``) -> class; filled by :func:`register_representation`
 REPRESENTATIONS: Dict[str, type] = {}
 
 
-#: class decorator: add a class to :data:`REPRESENTATIONS` under its ``name``
-register_representation = registrar(REPRESENTATIONS)
+def register_representation(cls: type) -> type:
+    """Class decorator: add ``cls`` to :data:`REPRESENTATIONS` under ``cls.name``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} has no registry name")
+    REPRESENTATIONS[cls.name] = cls
+    return cls
 
 
 def build_representation(config: "ImageTo3DConfig", device, *, seed: Optional[int] = None) -> Representation:
@@ -137,7 +172,9 @@ def build_representation(config: "ImageTo3DConfig", device, *, seed: Optional[in
     ``seed``: seed torch's global RNG first (the initialisation ``to3d`` uses: ``torch.manual_seed(seed)``)."""
     from . import REPRESENTATIONS as registry  # the package import registers the built-in ones
 
-    cls = lookup(registry, config.representation, "representation")
+    cls = registry.get(config.representation)
+    if cls is None:
+        raise Zero123Error(f"unknown representation {config.representation!r}: use one of {', '.join(registry)}")
     if seed is not None:
         torch.manual_seed(seed)
     return cls.from_config(config).to(device)

@@ -2,19 +2,20 @@
 
 Memory model of an image-to-3D step (bytes; measured by ``bench/memory_model.py`` and the VAE count below):
 
-    peak ~= resident + guidance(B) + BACKWARD_FACTOR * BYTES_PER_SAMPLE * samples_in_part
+    peak ~= resident + guidance(B) + RENDER_WORKSPACE + BYTES_PER_SAMPLE * samples_in_part
 
 * ``resident``: what is allocated when the step starts (the diffusion model, the field, its gradients and Adam
   state; on CUDA ``torch.cuda.memory_allocated``);
 * ``guidance(B)`` = ``B * size^2 * GUIDANCE_BYTES_PER_PIXEL * itemsize / 4 + UNET_WORKSPACE``: the VAE encoder's
   autograd graph of ``B`` renders at the model's ``size`` (SDS back-propagates through it; 758 MiB for one
   256 px image in float32, so 12.1 kB a pixel, half in float16) and the guided UNet's no-grad activations;
-* ``BYTES_PER_SAMPLE`` = 1300: what the autograd graph of a render keeps per kept ray sample with normals,
-  diffuse shading and the 3D normal-smoothness points (the default hash-grid NeRF, PyTorch hash grid,
-  ``checkpoint_mlp``; ``bench/memory_model.py``: 1294 B; 236 B for albedo only), times ``BACKWARD_FACTOR`` 1.5 for
-  the backward's transients.
+* ``BYTES_PER_SAMPLE`` = 5500: the peak of live tensors per kept ray sample over a render's forward and backward
+  with normals, diffuse shading and the 3D normal-smoothness points (the default hash-grid NeRF;
+  ``bench/memory_model.py``: 5494 B, of which 1292 B are held by the graph between forward and backward);
+* ``RENDER_WORKSPACE`` (1.5 GiB): the chunk-bounded transients of the hash grid's PyTorch path and of the
+  sampling pass (the CUDA Triton kernels need less).
 
-The trainer renders in parts of at most :meth:`MemoryPlan.max_samples` samples (``zero123.rendering.chunked``:
+The trainer renders in parts sized by :meth:`MemoryPlan.limits` (``zero123.rendering.chunked``:
 the same gradient), so the peak follows the budget, not the object's size in the frame. ``default_budget`` is
 the GPU's free memory plus what this process already holds (capped by
 ``torch.cuda.set_per_process_memory_fraction``), of which ``USABLE_FRACTION`` is planned for (the caching
@@ -25,13 +26,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 from ..errors import Zero123Error
 
 GIB = 1 << 30
-BYTES_PER_SAMPLE = 1300
-BACKWARD_FACTOR = 1.5
+BYTES_PER_SAMPLE = 5500
+RENDER_WORKSPACE = 3 * GIB // 2
 GUIDANCE_BYTES_PER_PIXEL = 12_100   # float32; VAE encoder graph per pixel of a render at the model's size
 UNET_WORKSPACE = 1 * GIB
 USABLE_FRACTION = 0.9
@@ -73,28 +74,43 @@ class MemoryPlan:
     budget: Optional[int]
     model_size: int = 256
     itemsize: int = 2
-    bytes_per_sample: float = BYTES_PER_SAMPLE * BACKWARD_FACTOR
+    bytes_per_sample: float = BYTES_PER_SAMPLE
 
     def guidance_bytes(self, images: int) -> int:
         if images == 0:
             return 0
         return int(images * self.model_size ** 2 * GUIDANCE_BYTES_PER_PIXEL * self.itemsize / 4) + UNET_WORKSPACE
 
-    def max_samples(self, resident: int, guidance_images: int = 0) -> Optional[int]:
-        """Most kept samples a render part may hold with ``resident`` bytes already allocated and the guidance
-        of ``guidance_images`` renders to come; a one-line error naming ``--max-memory`` when not even
-        ``MIN_SAMPLES`` fit."""
+    def limits(self, resident: int, guidance_images: int = 0) -> Tuple[Optional[int], Optional[int]]:
+        """``(whole, part)``: the most kept samples a render may hold to be made whole (its graph beside the
+        guidance's), and a part of a render made in parts (the guidance then runs on a no-grad render first, so
+        a part has the budget without it), with ``resident`` bytes already allocated and the guidance of
+        ``guidance_images`` renders. ``(None, None)`` without a budget. A one-line error naming ``--max-memory``
+        when the guidance alone does not fit or a part could not hold ``MIN_SAMPLES``."""
         if self.budget is None:
-            return None
-        fixed = resident + self.guidance_bytes(guidance_images)
-        free = self.budget * USABLE_FRACTION - fixed
-        n = int(free // self.bytes_per_sample)
-        if n < MIN_SAMPLES:
-            need = (fixed + MIN_SAMPLES * self.bytes_per_sample) / USABLE_FRACTION
-            raise Zero123Error(f"this run needs at least {need / GIB:.1f} GiB of GPU memory, over --max-memory "
-                               f"{self.budget / GIB:.1f} GiB (a smaller --preset, fewer views in a batch, or a "
-                               "larger --max-memory on a bigger GPU)")
-        return n
+            return None, None
+        usable = self.budget * USABLE_FRACTION
+        guidance = self.guidance_bytes(guidance_images)
+        part = int((usable - resident - RENDER_WORKSPACE) // self.bytes_per_sample)
+        if part < MIN_SAMPLES or resident + guidance > usable:
+            need = max(resident + RENDER_WORKSPACE + MIN_SAMPLES * self.bytes_per_sample, resident + guidance)
+            raise Zero123Error(f"this run needs at least {need / USABLE_FRACTION / GIB:.1f} GiB of GPU memory, over "
+                               f"--max-memory {self.budget / GIB:.1f} GiB (a smaller --preset, fewer views in a "
+                               "batch, or a larger --max-memory on a bigger GPU)")
+        whole = max(0, int((usable - resident - guidance - RENDER_WORKSPACE) // self.bytes_per_sample))
+        return whole, part
+
+
+def resident_bytes(device, frozen=(), trained=()) -> int:
+    """Bytes held now: on CUDA ``torch.cuda.memory_allocated``; elsewhere the parameters of the ``frozen``
+    modules plus four times those of the ``trained`` ones (parameters, gradients, Adam's two moments)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    size = lambda mods: sum(p.numel() * p.element_size() for m in mods for p in m.parameters())  # noqa: E731
+    return size(frozen) + 4 * size(trained)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -114,4 +130,5 @@ def out_of_memory_message(exc: BaseException, command: Optional[str] = None) -> 
     return f"out of GPU memory ({detail}): {hint}"
 
 
-__all__ = ["GIB", "MemoryPlan", "default_budget", "resolve_budget", "is_out_of_memory", "out_of_memory_message"]
+__all__ = ["GIB", "MemoryPlan", "default_budget", "resolve_budget", "resident_bytes", "is_out_of_memory",
+           "out_of_memory_message"]
