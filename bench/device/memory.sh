@@ -4,8 +4,10 @@
 # disc filling the 512 px frame, not recentred), each preset run twice in this one call:
 #   chunked   the renders in parts sized by --max-memory (its default: the GPU's free memory, here the cap), under
 #             torch.cuda.set_per_process_memory_fraction of CAP_GIB (11: a 12 GB card less its context);
-#   baseline  today's path, uncapped: whole renders (--max-memory inf), or with OLD_SRC=DIR the code of another
-#             commit (e.g. `git archive 016885c src | tar x -C old` then OLD_SRC=old/src; its input key differs).
+#   baseline  today's path, uncapped: the code of commit 016885c from $OLD_SRC (default .bench_old/src when it is
+#             there, made as bench/device/to3d_steps.sh says: mkdir -p .bench_old && git archive 016885c src
+#             ":!src/zero123/assets/default_model" | tar -x -C .bench_old), else this checkout's whole renders
+#             (--max-memory inf).
 # Per run: exit status, peak max_memory_allocated / max_memory_reserved, in-process time (to3d's train_s/total_s
 # and the process) and the CLI wall (shell). Writes $OUT/memory/{memory.json,table.md,<preset>_<path>.log/json}.
 #   PRESETS=default bash bench/device/memory.sh     (~450 s: default ~190 s a run today)
@@ -18,6 +20,8 @@ set -uo pipefail
 . bench/device/env.sh
 : "${OUT:?set OUT}"
 PRESETS=${PRESETS:-default} CAP_GIB=${CAP_GIB:-11} MAXMEM=${MAXMEM:-}
+[ -z "${OLD_SRC:-}" ] && [ -d .bench_old/src/zero123 ] && OLD_SRC=.bench_old/src
+echo "baseline: ${OLD_SRC:-this checkout with --max-memory inf}"
 WORK=${WORK:-/tmp/memory_work}
 mkdir -p "$WORK" "$OUT/memory"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
