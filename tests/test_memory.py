@@ -78,3 +78,21 @@ def test_cuda_out_of_memory_is_shown_in_the_app_page(fixtures_dir, tmp_path):
     fn = next(d.fn for d in demo.fns.values() if d.api_name == "prepare")
     with pytest.raises(gr.Error, match="out of GPU memory"):
         fn("photo.png", None)
+
+
+def test_max_memory_option_is_checked_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    from test_to3d import object_image  # noqa: E402  (tests/ is on sys.path under pytest)
+
+    import zero123.pipelines.image_to_3d as i3d
+    from zero123.cli import main
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(i3d, "load_guidance_model", no_load)
+    photo = tmp_path / "obj.png"
+    object_image(32).save(photo)
+    assert main(["to3d", str(photo), "--out", str(tmp_path / "o"), "--preset", "tiny", "--device", "cpu",
+                 "--input-elevation", "5", "--max-memory", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["zero123: error: --max-memory must be a positive number of GiB, got -1.0"]
