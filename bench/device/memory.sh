@@ -12,7 +12,7 @@
 # and the process) and the CLI wall (shell). Writes $OUT/memory/{memory.json,table.md,<preset>_<path>.log/json}.
 #   PRESETS=default bash bench/device/memory.sh     (~450 s: default ~190 s a run today)
 #   PRESETS=fast bash bench/device/memory.sh        (~150 s)
-# Knobs: CAP_GIB (11), MAXMEM (--max-memory of the chunked run; empty: its default), T_RUN seconds a run
+# Knobs: PATHS ("chunked baseline"), CAP_GIB (11), MAXMEM (--max-memory of the chunked run; empty: its default), T_RUN seconds a run
 # (default 255, fast 120), STEPS (the preset's). CPU check with tiny settings (tiny model, tiny preset):
 #   OUT=/tmp/o MEM_TINY=1 PRESETS=tiny MAXMEM=3 bash bench/device/memory.sh   (MAXMEM=0.3: the one-line error)
 set -uo pipefail
@@ -49,7 +49,7 @@ PY
 echo "setup: $(( $(date +%s) - t0 )) s"
 for preset in $PRESETS; do
   T=${T_RUN:-$([ "$preset" = default ] && echo 255 || echo 120)}
-  for path in chunked baseline; do
+  for path in ${PATHS:-chunked baseline}; do
     out="$WORK/out_${preset}_$path"; rm -rf "$out"
     args=(to3d "$WORK/disc.png" --checkpoint "$CKPT" --out "$out" --preset "$preset" --input-elevation 5
           --device "$DEV" --no-progress)
