@@ -5,7 +5,9 @@
 # Writes $OUT/eval3d/{eval3d.json,table.txt,objects/<id>/figure.png,...} and $OUT/eval3d.log.
 # Knobs (environment): N objects (20), PRESET (fast: the bundled 128 px model renders at 64 -> 128 px, which is
 # its size), STEPS (the preset's), SHARDS parallel eval-3d processes sharing the GPU (4), T_EVAL seconds for
-# them (430), CHECKPOINT (bundled), DEVICE (cuda), VIEWS per object (8), SIZE of the renders (128).
+# them (430), CHECKPOINT (bundled), DEVICE (cuda), VIEWS per object (8), SIZE of the renders (128),
+# REPRESENTATION of the model row (nerf; gaussians: `to3d --representation gaussians`, results under
+# $OUT/eval3d_gaussians/ and $OUT/eval3d_gaussians.log).
 # CPU check with tiny settings:
 #   OUT=/tmp/o N=2 PRESET=tiny SHARDS=2 DEVICE=cpu VIEWS=2 SIZE=32 CHECKPOINT=../shared/fixtures/tiny_zero123_ldm.ckpt \
 #     EXTRA="--gt-views-steps 20 --max-views 2 --iou-resolution 32" bash bench/device/eval3d.sh
@@ -18,13 +20,17 @@ VIEWS=${VIEWS:-8} SIZE=${SIZE:-128} EXTRA=${EXTRA:-}
 WORK=${WORK:-/tmp/eval3d_work}
 ZERO123="python3 bench/cli_no_ffmpeg.py"  # the zero123 CLI; MP4s as raw frames where imageio-ffmpeg is missing
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-rm -rf "$WORK" && mkdir -p "$WORK" "$OUT/eval3d"
+rm -rf "$WORK" && mkdir -p "$WORK"
 t0=$(date +%s)
 # 2N objects with half held out: N test objects (assign_splits rounds 0.5 * 2N = N)
 timeout 120 $ZERO123 render-dataset --out "$WORK/ds" --procedural $((2 * N)) --views "$VIEWS" --size "$SIZE" \
   --test-fraction 0.5 --workers "$(nproc)" --quiet || exit 1
 echo "render-dataset: $(( $(date +%s) - t0 )) s"
-common=(--data "$WORK/ds" --out "$WORK/eval3d" --preset "$PRESET" --max-objects "$N" --device "$DEVICE")
+REPRESENTATION=${REPRESENTATION:-nerf}
+RES=eval3d; [ "$REPRESENTATION" = nerf ] || RES=eval3d_$REPRESENTATION
+mkdir -p "$OUT/$RES"
+common=(--data "$WORK/ds" --out "$WORK/eval3d" --preset "$PRESET" --max-objects "$N" --device "$DEVICE"
+        --representation "$REPRESENTATION")
 [ -n "${STEPS:-}" ] && common+=(--steps "$STEPS")
 [ -n "${CHECKPOINT:-}" ] && common+=(--checkpoint "$CHECKPOINT")
 # shellcheck disable=SC2206
@@ -39,12 +45,12 @@ done
 for p in "${pids[@]}"; do wait "$p" || echo "a shard ended with status $? (timeout: 124)"; done
 echo "eval-3d shards: $(( $(date +%s) - t0 )) s"
 # the table of every object that finished (per-object results are cached; unfinished objects are left out)
-$ZERO123 eval-3d "${common[@]}" "${extra[@]}" --cached-only --quiet | tee "$OUT/eval3d/table.txt"
-cp "$WORK/eval3d/eval3d.json" "$OUT/eval3d/" 2>/dev/null
+$ZERO123 eval-3d "${common[@]}" "${extra[@]}" --cached-only --quiet | tee "$OUT/$RES/table.txt"
+cp "$WORK/eval3d/eval3d.json" "$OUT/$RES/" 2>/dev/null
 for d in "$WORK"/eval3d/objects/*/; do
-  id=$(basename "$d"); mkdir -p "$OUT/eval3d/objects/$id"
-  cp "$d"/metrics.json "$d"/figure.png "$d"/input.png "$OUT/eval3d/objects/$id/" 2>/dev/null
+  id=$(basename "$d"); mkdir -p "$OUT/$RES/objects/$id"
+  cp "$d"/metrics.json "$d"/figure.png "$d"/input.png "$OUT/$RES/objects/$id/" 2>/dev/null
 done
-cat "$WORK"/shard_*.log > "$OUT/eval3d.log"
+cat "$WORK"/shard_*.log > "$OUT/$RES.log"
 grep -h -i "error\|Traceback" "$WORK"/shard_*.log | head -5
 echo "total: $(( $(date +%s) - t0 )) s"

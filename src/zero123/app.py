@@ -292,13 +292,19 @@ class Zero123App:
 
     def image_to_3d(self, session: str, *, preset: str = "auto", steps: int | None = None, seed: int = 0,
                     input_elevation: float | None = None, resume: bool = False,
-                    callback: Callable[[int, int, dict], None] | None = None) -> To3DOutput:
+                    callback: Callable[[int, int, dict], None] | None = None,
+                    representation: str = "nerf") -> To3DOutput:
         """Run (or with ``resume`` continue) ``to3d`` on the session's input into its ``to3d/`` folder.
-        ``callback(step, total, losses)`` after each step; :meth:`cancel` stops it with its checkpoint kept."""
+        ``callback(step, total, losses)`` after each step; :meth:`cancel` stops it with its checkpoint kept.
+        ``representation``: ``nerf`` or ``gaussians`` (a resumed run keeps its own)."""
         from .pipelines.image_to_3d import checkpoint_path, to3d
+        from .pipelines.image_to_3d_config import REPRESENTATION_PRESETS
 
         if preset not in to3d_presets():
             raise Zero123Error(f"unknown preset {preset!r}: use one of {', '.join(to3d_presets())}")
+        if representation not in REPRESENTATION_PRESETS:
+            raise Zero123Error(f"unknown representation {representation!r}: use one of "
+                               f"{', '.join(REPRESENTATION_PRESETS)}")
         if steps is not None and int(steps) < 1:
             raise Zero123Error(f"steps must be >= 1, got {steps}")
         src = self.input_path(session)
@@ -314,7 +320,8 @@ class Zero123App:
         with self._Job(self):
             res = to3d(str(src), out_dir=out, preset=preset, steps=None if steps is None else int(steps),
                        seed=int(seed), input_elevation=input_elevation, resume=out if resume else None,
-                       model=model, progress=False, callback=callback, should_stop=stop.is_set)
+                       model=model, progress=False, callback=callback, should_stop=stop.is_set,
+                       representation=None if resume else representation)
         if res.cancelled:
             return To3DOutput(f"cancelled at step {res.steps}: checkpoint kept, press Resume to continue",
                               True, res.steps, checkpoint=res.checkpoint)
@@ -506,6 +513,9 @@ def build_app(config: AppConfig | None = None, app: Zero123App | None = None):
                 preset = gr.Dropdown(list(to3d_presets()), value="auto", label="Preset", elem_id="preset")
                 t_steps = gr.Number(value=0, precision=0, label="Steps (0: the preset's)", elem_id="t_steps")
                 t_seed = gr.Number(value=0, precision=0, label="Seed")
+                rep = gr.Dropdown(["nerf", "gaussians"], value="nerf", label="Representation",
+                                  info="nerf: the hash-grid NeRF recipe; gaussians: 3D Gaussians (DreamGaussian)",
+                                  elem_id="representation")
             with gr.Row():
                 run_btn = gr.Button("Make 3D", variant="primary", elem_id="run3d")
                 cancel_btn = gr.Button("Cancel", elem_id="cancel3d")
@@ -518,23 +528,24 @@ def build_app(config: AppConfig | None = None, app: Zero123App | None = None):
 
             # the run streams only its status line; its files are shown by a second step (a Model3D updated
             # from a generator that first skipped it stays without its canvas in gradio 6)
-            def run_live(resume, p, steps, seed, ie, request: gr.Request):
+            def run_live(resume, p, steps, seed, ie, representation, request: gr.Request):
                 session = _session_id(request)
                 app.last_3d.pop(session, None)
                 steps = None if steps in (None, "", 0) else int(steps)  # the page's 0 / empty: the preset's
                 for line, out in app.image_to_3d_live(session, preset=p, steps=steps, seed=int(seed or 0),
-                                                      input_elevation=opt_float(ie), resume=resume):
+                                                      input_elevation=opt_float(ie), resume=resume,
+                                                      representation=representation or "nerf"):
                     if out is not None:
                         app.last_3d[session] = out
                     yield line
 
             @user_errors
-            def on_run(p, steps, seed, ie, request: gr.Request):
-                yield from run_live(False, p, steps, seed, ie, request)
+            def on_run(p, steps, seed, ie, representation="nerf", request: gr.Request = None):
+                yield from run_live(False, p, steps, seed, ie, representation, request)
 
             @user_errors
-            def on_resume(p, steps, seed, ie, request: gr.Request):
-                yield from run_live(True, p, steps, seed, ie, request)
+            def on_resume(p, steps, seed, ie, representation="nerf", request: gr.Request = None):
+                yield from run_live(True, p, steps, seed, ie, representation, request)
 
             def on_show(request: gr.Request):
                 out = app.last_3d.get(_session_id(request))
@@ -546,7 +557,7 @@ def build_app(config: AppConfig | None = None, app: Zero123App | None = None):
                 app.cancel(_session_id(request))
                 return "cancelling: saving the checkpoint ..."
 
-            ins, files = [preset, t_steps, t_seed, input_elev], [viewer, video, downloads]
+            ins, files = [preset, t_steps, t_seed, input_elev, rep], [viewer, video, downloads]
             run_btn.click(on_run, ins, status, concurrency_id=MODEL_QUEUE, concurrency_limit=1,
                           api_name="to3d").then(on_show, None, files, queue=False)
             resume_btn.click(on_resume, ins, status, concurrency_id=MODEL_QUEUE, concurrency_limit=1,

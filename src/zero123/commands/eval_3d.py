@@ -35,6 +35,9 @@ def add_parser(sub, name, summary):
                    help=f"comma list of rows to run (default {','.join(_rows())})")
     p.add_argument("--preset", default="auto",
                    help="to3d preset: auto (default; cpu on a CPU), default, fast, cpu, tiny")
+    p.add_argument("--representation", choices=["nerf", "gaussians"], default="nerf",
+                   help="to3d's representation in the model row (default nerf; gaussians: 3D Gaussians on "
+                        "DreamGaussian's schedule); results of each go in their own --out")
     p.add_argument("--steps", type=int, default=None, help="override the preset's number of to3d steps")
     p.add_argument("--gt-views-steps", type=int, default=None, metavar="N",
                    help="steps of the ground-truth-views reconstruction (default 300; 100 with --preset tiny)")
@@ -71,7 +74,7 @@ def run(args) -> int:
 
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
     cfg = Eval3DConfig(split=args.split, max_objects=args.max_objects, rows=rows, preset=args.preset,
-                       steps=args.steps, gt_views_steps=args.gt_views_steps, input_elevation=args.input_elevation,
+                       representation=args.representation, steps=args.steps, gt_views_steps=args.gt_views_steps, input_elevation=args.input_elevation,
                        input_azimuth=args.input_azimuth, input_distance=args.input_distance,
                        max_views=args.max_views, points=args.points, iou_resolution=args.iou_resolution,
                        icp=args.icp, up=args.up, seed=args.seed, shard=args.shard,
@@ -79,7 +82,7 @@ def run(args) -> int:
     if args.preset != "auto":
         from ..pipelines.image_to_3d_config import preset_config
 
-        preset_config(args.preset)  # an unknown preset fails here, before any work
+        preset_config(args.preset, representation=args.representation)  # an unknown preset fails here, first
     lpips = None
     if args.lpips_weights:
         from ..evaluation.metrics import load_lpips

@@ -8,6 +8,7 @@ Examples::
     zero123 to3d chair.png --out chair3d --preset fast --config my.yaml --set render.num_samples_per_ray=128
     zero123 to3d chair.png --checkpoint ckpt --out chair3d --resume chair3d     # continue after Ctrl-C
     zero123 to3d toy.png --checkpoint my_model.ckpt --variant stable_zero123 --input-elevation 15 --out toy3d
+    zero123 to3d chair.png --out chair3d --representation gaussians            # 3D Gaussians (DreamGaussian)
 
 An earlier to3d output in --out is replaced whole; a folder holding other files is refused. --input-elevation is
 the photo's own elevation, as in `views` and `text-to-3d` (views' --elevation is a change of elevation).
@@ -35,6 +36,9 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=["auto", "default", "fast", "cpu", "tiny"], default="auto",
                    help="auto (default): 'default' on a GPU, 'cpu' on a CPU; default: the recipe (600 steps); "
                         "fast: 300 steps at lower resolution; cpu: 200 small steps, minutes on a CPU; tiny: smoke tests")
+    p.add_argument("--representation", choices=["nerf", "gaussians"], default=None,
+                   help="the 3D representation: nerf (default; the hash-grid NeRF of the recipe) or gaussians (3D "
+                        "Gaussian splatting on DreamGaussian's schedule, presets/gaussians/<preset>.yaml)")
     p.add_argument("--steps", type=int, default=None, help="number of optimisation steps (default: the preset's)")
     p.add_argument("--config", default=None, metavar="FILE",
                    help="YAML/JSON of to3d config keys (any subset, e.g. a copy of zero123/assets/presets/"
@@ -117,7 +121,7 @@ def resolved_config(args):
         raise Zero123Error("--config and --set do not apply with --resume: a resumed run keeps its saved config "
                            "(only --steps may extend it)")
     return preset_config(args.preset, args.steps, device=args.device, config_file=args.config,
-                         overrides=args.overrides or ())
+                         overrides=args.overrides or (), representation=getattr(args, "representation", None))
 
 
 def config_sets_input_elevation(args) -> bool:
@@ -153,7 +157,8 @@ def run(args) -> int:
                       input_elevation=args.input_elevation if args.input_elevation is not None else
                       (None if config_sets_input_elevation(args) else "auto"),
                       progress=not args.no_progress, variant=args.variant,
-                      original_config=args.original_config, max_memory=args.max_memory, **foreground)
+                      original_config=args.original_config, max_memory=args.max_memory,
+                      representation=None if args.resume is not None else args.representation, **foreground)
     except Interrupted as exc:
         print(interrupted_message(exc, resume_command(args.image, exc.out_dir, args)), file=sys.stderr)
         return 130

@@ -68,6 +68,7 @@ class Eval3DConfig:
     input_azimuth: float = 0.0
     input_distance: float = 2.0
     preset: str = "auto"
+    representation: str = "nerf"         # to3d's representation for the model row: nerf or gaussians
     steps: Optional[int] = None
     seed: int = 0
     points: int = 2000
@@ -104,6 +105,11 @@ class Eval3DConfig:
             Shard.parse(self.shard)
         if self.up not in ("y", "z"):
             raise Zero123Error(f"up axis must be 'y' or 'z', got {self.up!r}")
+        from ..pipelines.image_to_3d_config import REPRESENTATION_PRESETS
+
+        if self.representation not in REPRESENTATION_PRESETS:
+            raise Zero123Error(f"unknown representation {self.representation!r}: use one of "
+                               f"{', '.join(REPRESENTATION_PRESETS)}")
         return self
 
     def cache_key(self) -> dict:
@@ -376,7 +382,8 @@ def _model_mesh(model, input_rgba: np.ndarray, cfg: Eval3DConfig, out_dir: Path)
     from ..pipelines.image_to_3d import to3d
 
     res = to3d(Image.fromarray(input_rgba, "RGBA"), out_dir=out_dir, preset=cfg.preset, steps=cfg.steps,
-               seed=cfg.seed, input_elevation=cfg.input_elevation, progress=False, model=model)
+               seed=cfg.seed, input_elevation=cfg.input_elevation, progress=False, model=model,
+               representation=cfg.representation)
     return load_result_mesh(res.ply, cfg.input_azimuth)
 
 

@@ -163,7 +163,7 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
          export: bool = True, matting_model=None, mask=None, segmentation: str = "auto",
          variant: Optional[str] = None, replace_outputs: bool = True,
          original_config=None, callback: Optional[Callable[[int, int, dict], None]] = None,
-         should_stop: Optional[Callable[[], bool]] = None,
+         should_stop: Optional[Callable[[], bool]] = None, representation: Optional[str] = None,
          max_memory: Optional[float] = None) -> ImageTo3DResult:
     """Turn one object image into a textured mesh and a turntable video.
 
@@ -205,6 +205,9 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         should_stop: polled after every step (e.g. ``threading.Event().is_set``); when it returns True the run
             saves its checkpoint and returns early with ``cancelled=True`` and nothing exported (``resume``
             continues it exactly).
+        representation: ``"nerf"`` (default) or ``"gaussians"`` (3D Gaussians, DreamGaussian's schedule): picks
+            the preset family (``preset_config(..., representation=)``); with ``config`` it must agree with
+            ``config.representation``; a resumed run keeps its own.
     Returns:
         :class:`ImageTo3DResult`. Ctrl-C saves the state and raises :class:`Interrupted` (a ``KeyboardInterrupt``).
     """
@@ -235,7 +238,11 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
             cfg.steps = int(steps)
         cfg.validate()
     else:
-        cfg = config if config is not None else preset_config(preset, steps, device=dev)
+        cfg = config if config is not None else preset_config(preset, steps, device=dev,
+                                                              representation=representation)
+        if representation is not None and cfg.representation != representation:
+            raise Zero123Error(f"representation {representation!r} given but the config's is "
+                               f"{cfg.representation!r}")
         if config is not None and steps is not None:
             cfg.steps = int(steps)
         cfg.validate()

@@ -36,10 +36,13 @@ from ..export.mesh import MeshExtractionConfig
 from ..fields.nerf import FieldConfig
 from ..guidance.losses import LossWeights
 from ..guidance.sds import SDSConfig
+from ..representations.gaussians.config import GaussianConfig
 from ..rendering.volume import RenderSettings
 from ..utils.dataclass_config import apply_overrides, build_dataclass, merge_config, read_config_file
 
 PRESETS = ("default", "fast", "cpu", "tiny")
+#: representations with presets of their own (``presets/<representation>/`` for all but nerf)
+REPRESENTATION_PRESETS = ("nerf", "gaussians")
 
 
 @dataclass
@@ -137,6 +140,7 @@ class ImageTo3DConfig:
     losses: LossWeights = dc_field(default_factory=LossWeights)
     optimizer: OptimizerConfig = dc_field(default_factory=OptimizerConfig)
     export: ExportConfig = dc_field(default_factory=ExportConfig)
+    gaussians: GaussianConfig = dc_field(default_factory=GaussianConfig)   # representation: gaussians only
 
     # ----- helpers ----------------------------------------------------------------------------------------
     def schedule_step(self, step: int) -> int:
@@ -195,13 +199,23 @@ def _plain(x):
     return x
 
 
-def preset_data(name: str) -> dict:
-    """The raw mapping of a preset: ``default.yaml`` (every key) updated by ``<name>.yaml`` (what it changes)."""
+def preset_data(name: str, representation: str = "nerf") -> dict:
+    """The raw mapping of a preset: ``default.yaml`` (every key) updated by ``<name>.yaml`` (what it changes).
+    ``representation="gaussians"``: ``default.yaml``, then ``gaussians/default.yaml`` (what DreamGaussian's
+    schedule changes), then ``gaussians/<name>.yaml``."""
     from importlib.resources import files
 
     folder = Path(str(files("zero123") / "assets" / "presets"))
-    data = read_config_file(folder / "default.yaml")
-    return data if name == "default" else merge_config(data, read_config_file(folder / f"{name}.yaml"))
+    layers = [folder / "default.yaml"]
+    if representation == "gaussians":
+        folder = folder / "gaussians"
+        layers.append(folder / "default.yaml")
+    if name != "default":
+        layers.append(folder / f"{name}.yaml")
+    data = read_config_file(layers[0])
+    for layer in layers[1:]:
+        data = merge_config(data, read_config_file(layer))
+    return data
 
 
 def auto_preset(device=None) -> str:
@@ -214,17 +228,23 @@ def auto_preset(device=None) -> str:
 
 
 def preset_config(name: str = "default", steps: Optional[int] = None, device=None, config_file=None,
-                  overrides: Sequence[str] = ()) -> ImageTo3DConfig:
+                  overrides: Sequence[str] = (), representation: Optional[str] = None) -> ImageTo3DConfig:
     """The named preset (``default``, ``fast``, ``cpu``, ``tiny``: ``zero123/assets/presets/<name>.yaml``, or
     ``auto``: :func:`auto_preset` of ``device``), then, each on top of the one before: ``config_file`` (a YAML/JSON
     file of the same keys, any subset), dotted ``key=value`` ``overrides`` (values parsed as YAML, as
-    ``zero123 train`` takes them) and ``steps``. Unknown keys and ill-typed values are one-line errors."""
+    ``zero123 train`` takes them) and ``steps``. Unknown keys and ill-typed values are one-line errors.
+    ``representation``: ``nerf`` (None: the preset's own, nerf) or ``gaussians`` (the same preset names, from
+    ``presets/gaussians/``: :func:`preset_data`)."""
+    rep = "nerf" if representation is None else str(representation).strip().lower()
+    if rep not in REPRESENTATION_PRESETS:
+        raise Zero123Error(f"unknown representation {representation!r}: use one of "
+                           f"{', '.join(REPRESENTATION_PRESETS)}")
     key = str(name).strip().lower()
     if key == "auto":
         key = auto_preset(device)
     if key not in PRESETS:
         raise Zero123Error(f"unknown preset {name!r}: use auto or one of {', '.join(PRESETS)}")
-    data = preset_data(key)
+    data = preset_data(key, rep)
     if config_file is not None:
         data = merge_config(data, read_config_file(config_file))
         try:
