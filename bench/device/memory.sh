@@ -12,14 +12,16 @@
 # and the process) and the CLI wall (shell). Writes $OUT/memory/{memory.json,table.md,<preset>_<path>.log/json}.
 #   PRESETS=default bash bench/device/memory.sh     (~450 s: default ~190 s a run today)
 #   PRESETS=fast bash bench/device/memory.sh        (~150 s)
-# Knobs: PATHS ("chunked baseline"), CAP_GIB (11), MAXMEM (--max-memory of the chunked run; empty: its default), T_RUN seconds a run
-# (default 255, fast 120), STEPS (the preset's). CPU check with tiny settings (tiny model, tiny preset):
+# Knobs: PATHS ("chunked baseline"), CAP_GIB (11), MAXMEM (--max-memory of the chunked run; empty: its default),
+# T_RUN seconds a run (default 300, fast 150), DEADLINE seconds for the whole call (550: a run is cut to what is
+# left; rerun PATHS=baseline in a second call if it was), STEPS (the preset's).
+# CPU check with tiny settings (tiny model, tiny preset):
 #   OUT=/tmp/o MEM_TINY=1 PRESETS=tiny MAXMEM=3 bash bench/device/memory.sh   (MAXMEM=0.3: the one-line error)
 set -uo pipefail
 # shellcheck source=bench/device/env.sh
 . bench/device/env.sh
 : "${OUT:?set OUT}"
-PRESETS=${PRESETS:-default} CAP_GIB=${CAP_GIB:-11} MAXMEM=${MAXMEM:-}
+PRESETS=${PRESETS:-default} CAP_GIB=${CAP_GIB:-11} MAXMEM=${MAXMEM:-} DEADLINE=${DEADLINE:-550}
 [ -z "${OLD_SRC:-}" ] && [ -d .bench_old/src/zero123 ] && OLD_SRC=.bench_old/src
 echo "baseline: ${OLD_SRC:-this checkout with --max-memory inf}"
 WORK=${WORK:-/tmp/memory_work}
@@ -48,7 +50,7 @@ if not os.path.isdir(folder):
 PY
 echo "setup: $(( $(date +%s) - t0 )) s"
 for preset in $PRESETS; do
-  T=${T_RUN:-$([ "$preset" = default ] && echo 255 || echo 120)}
+  T=${T_RUN:-$([ "$preset" = default ] && echo 300 || echo 150)}
   for path in ${PATHS:-chunked baseline}; do
     out="$WORK/out_${preset}_$path"; rm -rf "$out"
     args=(to3d "$WORK/disc.png" --checkpoint "$CKPT" --out "$out" --preset "$preset" --input-elevation 5
@@ -62,6 +64,8 @@ for preset in $PRESETS; do
     else
       args+=(--set reference.recentre=false --max-memory inf)
     fi
+    left=$(( DEADLINE - ($(date +%s) - t0) )); [ "$left" -lt "$T" ] && T=$left   # the call's own limit
+    [ "$T" -le 10 ] && { echo "no time left for $preset/$path (DEADLINE=$DEADLINE s)"; continue; }
     s=$(date +%s.%N)
     PYTHONPATH=$pp timeout "$T" python3 bench/cli_capped.py --cap-gib "$cap" --report "$OUT/memory/${preset}_$path.json" \
       -- "${args[@]}" > "$OUT/memory/${preset}_$path.log" 2>&1
