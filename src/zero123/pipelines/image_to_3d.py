@@ -182,9 +182,9 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
             representation is always float32.
         resume: a previous run's out dir (or its ``state.pt``): continue from its last checkpoint with its
             config (``preset`` is then ignored; ``steps`` may extend the run).
-        input_elevation: elevation of the input photo in degrees (default 5, the recipe's), or ``"auto"``: estimated
-            with the model (``zero123.elevation.estimate_input_elevation``; printed when ``progress``). A resumed
-            run keeps its own.
+        input_elevation: elevation of the input photo in degrees (sets ``reference.elevation``; None keeps the
+            config's, 5 in every preset, the recipe's), or ``"auto"``: estimated with the model
+            (``zero123.elevation.estimate_input_elevation``; printed when ``progress``). A resumed run keeps its own.
         model: an already loaded ``Zero123Model`` (then ``checkpoint``/``device``/``dtype`` are ignored).
         config: a full :class:`ImageTo3DConfig` instead of a preset.
         export: write the mesh/video files after training.

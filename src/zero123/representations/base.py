@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, ClassVar, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..errors import Zero123Error
+from ..utils.registry import lookup, registrar
 
 if TYPE_CHECKING:  # pragma: no cover
     import trimesh
@@ -159,12 +159,8 @@ def reference_terms(out: RenderResult, targets, background: Tensor) -> Dict[str,
 REPRESENTATIONS: Dict[str, type] = {}
 
 
-def register_representation(cls: type) -> type:
-    """Class decorator: add ``cls`` to :data:`REPRESENTATIONS` under ``cls.name``."""
-    if not cls.name:
-        raise TypeError(f"{cls.__name__} has no registry name")
-    REPRESENTATIONS[cls.name] = cls
-    return cls
+#: class decorator: add a class to :data:`REPRESENTATIONS` under its ``name``
+register_representation = registrar(REPRESENTATIONS)
 
 
 def build_representation(config: "ImageTo3DConfig", device, *, seed: Optional[int] = None) -> Representation:
@@ -172,9 +168,7 @@ def build_representation(config: "ImageTo3DConfig", device, *, seed: Optional[in
     ``seed``: seed torch's global RNG first (the initialisation ``to3d`` uses: ``torch.manual_seed(seed)``)."""
     from . import REPRESENTATIONS as registry  # the package import registers the built-in ones
 
-    cls = registry.get(config.representation)
-    if cls is None:
-        raise Zero123Error(f"unknown representation {config.representation!r}: use one of {', '.join(registry)}")
+    cls = lookup(registry, config.representation, "representation")
     if seed is not None:
         torch.manual_seed(seed)
     return cls.from_config(config).to(device)
