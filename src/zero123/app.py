@@ -410,6 +410,19 @@ def build_app(config: AppConfig | None = None, app: Zero123App | None = None):
     app = app or Zero123App(config)
     cfg = app.config
 
+    def page_error(exc):
+        """The ``gr.Error`` shown in the page for a user error or a CUDA out-of-memory error; None: re-raise."""
+        from .utils.memory import is_out_of_memory, out_of_memory_message
+
+        if isinstance(exc, Zero123Error):
+            return gr.Error(str(exc), print_exception=False)
+        if is_out_of_memory(exc):
+            import torch
+
+            torch.cuda.empty_cache()  # the next click starts from a clean cache
+            return gr.Error(out_of_memory_message(exc, "app"), print_exception=False)
+        return None
+
     def user_errors(fn):
         import functools
         import inspect
@@ -419,16 +432,22 @@ def build_app(config: AppConfig | None = None, app: Zero123App | None = None):
             def gen(*a, **k):
                 try:
                     yield from fn(*a, **k)
-                except Zero123Error as exc:
-                    raise gr.Error(str(exc), print_exception=False) from None
+                except Exception as exc:
+                    err = page_error(exc)
+                    if err is None:
+                        raise
+                    raise err from None
             return gen
 
         @functools.wraps(fn)
         def wrapper(*a, **k):
             try:
                 return fn(*a, **k)
-            except Zero123Error as exc:
-                raise gr.Error(str(exc), print_exception=False) from None
+            except Exception as exc:
+                err = page_error(exc)
+                if err is None:
+                    raise
+                raise err from None
         return wrapper
 
     def opt_float(v):

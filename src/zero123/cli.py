@@ -1,7 +1,8 @@
 """The ``zero123`` command line. Each subcommand lives in ``zero123.commands.<name>`` and exposes
 ``add_parser(subparsers)`` (returns the sub-parser) and ``run(args) -> int``.
 
-User errors (``Zero123Error``) print one line, ``zero123: error: ...``, and exit with status 2.
+User errors (``Zero123Error``) print one line, ``zero123: error: ...``, and exit with status 2; so does a CUDA
+out-of-memory error (``torch.OutOfMemoryError``), with what to change (``zero123.utils.memory``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zero123: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a CUDA out-of-memory error anywhere is one line too (utils.memory)
+        from .utils.memory import is_out_of_memory, out_of_memory_message
+
+        if not is_out_of_memory(exc):
+            raise
+        print(f"zero123: error: {out_of_memory_message(exc, args.command)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -62,6 +62,9 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
                    help="diffusion-model precision (default fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--max-memory", type=float, default=None, metavar="GIB",
+                   help="GPU memory the run may use, in GiB (default: the GPU's free memory): renders are "
+                        "back-propagated in parts that fit (the same result); 'inf': no bound")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_foreground_options(p)
     return p
@@ -84,6 +87,7 @@ def resume_command(image, out_dir, args, foreground: bool = True) -> str:
     cmd = ["zero123", "to3d", str(image), "--out", str(out_dir), "--resume", str(out_dir)]
     for flag, value in (("--checkpoint", args.checkpoint), ("--variant", args.variant), ("--steps", args.steps),
                         ("--device", args.device), ("--dtype", args.dtype),
+                        ("--max-memory", getattr(args, "max_memory", None)),
                         ("--original-config", getattr(args, "original_config", None)),
                         *(_foreground_flags(args) if foreground else ())):
         if value is not None:
@@ -153,7 +157,7 @@ def run(args) -> int:
                       input_elevation=args.input_elevation if args.input_elevation is not None else
                       (None if config_sets_input_elevation(args) else "auto"),
                       progress=not args.no_progress, variant=args.variant,
-                      original_config=args.original_config,
+                      original_config=args.original_config, max_memory=args.max_memory,
                       representation=None if args.resume is not None else args.representation, **foreground)
     except Interrupted as exc:
         print(interrupted_message(exc, resume_command(args.image, exc.out_dir, args)), file=sys.stderr)

@@ -142,7 +142,9 @@ def export_results(trainer: ImageTo3DTrainer, out_dir: Path, result: ImageTo3DRe
 # ----- entry point -------------------------------------------------------------------------------------------
 def load_guidance_model(checkpoint=None, *, variant=None, device=None, dtype=None, original_config=None):
     """The Zero123 model that ``to3d`` guides with (``checkpoint`` None: the bundled one), on ``device`` (default:
-    CUDA when available) in ``dtype`` (default fp16 on CUDA, fp32 on CPU), inference-optimised on CUDA."""
+    CUDA when available) in ``dtype`` (default fp16 on CUDA, fp32 on CPU), inference-optimised on CUDA (the
+    single-token cross-attention; UNet and VAE stay contiguous: SDS took 84.6 / 68.8 / 57.6 ms a step per stage
+    contiguous against 94.9 / 79.0 / 61.8 ms channels_last on an H200, ``bench/RESULTS.md``)."""
     from ..loading import load_model
 
     dev = resolve_device(device)
@@ -151,7 +153,7 @@ def load_guidance_model(checkpoint=None, *, variant=None, device=None, dtype=Non
     if dev.type == "cuda":
         from ..models.optimizations import optimize_for_inference
 
-        optimize_for_inference(model)
+        optimize_for_inference(model, channels_last=False)
     return model
 
 
@@ -161,7 +163,8 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
          export: bool = True, matting_model=None, mask=None, segmentation: str = "auto",
          variant: Optional[str] = None, replace_outputs: bool = True,
          original_config=None, callback: Optional[Callable[[int, int, dict], None]] = None,
-         should_stop: Optional[Callable[[], bool]] = None, representation: Optional[str] = None) -> ImageTo3DResult:
+         should_stop: Optional[Callable[[], bool]] = None, representation: Optional[str] = None,
+         max_memory: Optional[float] = None) -> ImageTo3DResult:
     """Turn one object image into a textured mesh and a turntable video.
 
     Args:
@@ -195,6 +198,10 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
             its own folder).
         original_config: the LDM yaml of a single-file ``checkpoint`` (sizes its tensors do not determine).
         callback: called after every step as ``callback(step, total, losses)`` (``step`` 1-based, losses floats).
+        max_memory: GiB of GPU memory the run may use (default: the GPU's free memory; ``inf``: no bound; on a
+            CPU: no bound unless given): the renders are back-propagated in parts sized by
+            :class:`zero123.utils.memory.MemoryPlan` (the same gradient), and a run that cannot fit is a one-line
+            error naming ``--max-memory`` before the first step.
         should_stop: polled after every step (e.g. ``threading.Event().is_set``); when it returns True the run
             saves its checkpoint and returns early with ``cancelled=True`` and nothing exported (``resume``
             continues it exactly).
@@ -255,12 +262,17 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
 
         mask = None if mask is None else load_mask(mask, _as_pil(image).size)
         matting_model = resolve_matting(matting_model)
+    from ..utils.memory import MemoryPlan, resident_bytes, resolve_budget
+
+    budget = resolve_budget(max_memory, dev)  # checked before the model is loaded
     if model is None:
         model = load_guidance_model(checkpoint, variant=variant, device=dev, dtype=dtype,
                                     original_config=original_config)
     elif variant is not None and getattr(model.variant, "value", model.variant) != variant:
         raise Zero123Error(f"variant {variant!r} given but the loaded model is {model.variant.value}")
     model.eval()
+    memory = MemoryPlan(budget, model.image_size, torch.empty((), dtype=model.dtype).element_size())
+    memory.limits(resident_bytes(model.device, [model]), max(cfg.cameras.batch_sizes))  # fits? (a one-line error)
     grad_flags = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
     try:
@@ -292,7 +304,8 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
         from ..representations import build_representation
 
         representation = build_representation(cfg, model.device, seed=seed)
-        trainer = ImageTo3DTrainer(representation, build_guidance(cfg, model, reference), reference, cfg, seed=seed)
+        trainer = ImageTo3DTrainer(representation, build_guidance(cfg, model, reference), reference, cfg, seed=seed,
+                                   memory=memory)
         if state is not None:
             trainer.load_state_dict(state)
         ckpt = out_dir / "checkpoints" / CHECKPOINT_NAME

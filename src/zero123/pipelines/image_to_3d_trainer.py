@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from ..errors import Zero123Error
-from ..guidance.losses import mask_loss, reference_rgb_loss
 from ..rendering.cameras import orbit_cameras, sample_cameras
 from .image_to_3d_config import ImageTo3DConfig
 from .image_to_3d_reference import ReferenceImage, resize_reference
@@ -92,11 +91,15 @@ class ImageTo3DTrainer:
         config: the run's :class:`ImageTo3DConfig`.
         seed: seed of the generators: ``cpu_gen`` (cameras, backgrounds, shading choices) and ``dev_gen``
             (``seed + 1``, on the representation's device: sample offsets, guidance draws, hook draws).
+        memory: a :class:`zero123.utils.memory.MemoryPlan` (``to3d(max_memory=...)``): each step's renders are
+            back-propagated in parts that keep to it (``Representation.render_backward``; the same gradient),
+            and a run that cannot fit is a one-line error here. None: whole renders.
     """
 
     def __init__(self, representation, guidance, reference: ReferenceImage, config: ImageTo3DConfig,
-                 seed: int = 0):
+                 seed: int = 0, memory=None):
         self.representation, self.guidance, self.reference, self.cfg = representation, guidance, reference, config
+        self.memory = memory
         self.device = representation.device
         self.optimizer = representation.make_optimizer()
         self.cpu_gen = torch.Generator().manual_seed(seed)
@@ -104,6 +107,9 @@ class ImageTo3DTrainer:
         self.step = 0
         self.last_losses: dict = {}
         self._ref_cache: dict = {}
+        if memory is not None and memory.budget is not None:   # a run that cannot fit fails now, before a step
+            for b in config.cameras.batch_sizes:
+                self._limits(b)
 
     # ----- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -144,6 +150,19 @@ class ImageTo3DTrainer:
             return "albedo"
         return "textureless" if r[1] < m.textureless_prob else "diffuse"
 
+    def _limits(self, guidance_images: int) -> dict:
+        """``max_whole_samples`` / ``max_samples`` of a render now (``memory``: a
+        :class:`zero123.utils.memory.MemoryPlan`; None: whole renders), with the guidance of ``guidance_images``
+        renders to come."""
+        if self.memory is None or self.memory.budget is None:
+            return {}
+        from ..utils.memory import resident_bytes
+
+        model = getattr(self.guidance, "model", None)
+        resident = resident_bytes(self.device, [model] if model is not None else [], [self.representation])
+        whole, part = self.memory.limits(resident, guidance_images)
+        return {"max_whole_samples": whole, "max_samples": part}
+
     @staticmethod
     def _weighted(terms: dict, lam: dict):
         """``sum(lam[name] * term)``, a name without a weight counting 0."""
@@ -170,30 +189,28 @@ class ImageTo3DTrainer:
         shading = self._shading(sched)
         ambient_ratio = cfg.material.ambient_ratio_min + (1 - cfg.material.ambient_ratio_min) * float(
             torch.rand(1, generator=self.cpu_gen))
-        out = rep.render(cams, res, background=bg, shading=shading, ambient_ratio=ambient_ratio,
-                         with_normals=need_normals, normal_perturb_std=perturb, generator=self.dev_gen)
-        guided = self.guidance(out.rgb, cams, sched, generator=self.dev_gen)
-        terms = {self.guidance.loss_name: guided.loss, **rep.regularisers(out, with_sparsity=True)}
+        guidance = self.guidance
+
+        def guided(rgb):
+            return {guidance.loss_name: guidance(rgb, cams, sched, generator=self.dev_gen).loss}
+
+        terms, stats = rep.render_backward(cams, res, lam, background=bg, with_sparsity=True, image_terms=guided,
+                                           **self._limits(B), shading=shading,
+                                           ambient_ratio=ambient_ratio, with_normals=need_normals,
+                                           normal_perturb_std=perturb, generator=self.dev_gen)
         loss_z = self._weighted(terms, lam)
-        logs.update({f"z/{k}": v.detach() for k, v in terms.items()})
-        samples = out.stats.get("samples")
-        del out, guided
-        if loss_z.requires_grad:
-            loss_z.backward()
+        logs.update({f"z/{k}": v for k, v in terms.items()})
+        samples = stats.get("samples")
 
         # reference view: RGB + mask + regularisers
         rres = cc.reference_resolutions[stage]
-        gt_rgb, gt_mask = self._reference_targets(rres)
         white1 = torch.ones(1, 3, device=self.device)
-        out_r = rep.render(self.reference_cameras(), rres, background=white1, shading="diffuse", ambient_ratio=1.0,
-                           with_normals=need_normals, normal_perturb_std=perturb, generator=self.dev_gen)
-        terms_r = {"rgb": reference_rgb_loss(out_r.rgb, gt_rgb, gt_mask, white1),
-                   "mask": mask_loss(out_r.opacity, gt_mask), **rep.regularisers(out_r, with_sparsity=False)}
+        terms_r, _ = rep.render_backward(self.reference_cameras(), rres, lam, background=white1, with_sparsity=False,
+                                         targets=self._reference_targets(rres), **self._limits(0),
+                                         shading="diffuse", ambient_ratio=1.0, with_normals=need_normals,
+                                         normal_perturb_std=perturb, generator=self.dev_gen)
         loss_r = self._weighted(terms_r, lam)
-        logs.update({f"ref/{k}": v.detach() for k, v in terms_r.items()})
-        del out_r
-        if loss_r.requires_grad:
-            loss_r.backward()
+        logs.update({f"ref/{k}": v for k, v in terms_r.items()})
         rep.after_backward(step, sched, self.optimizer)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -203,21 +203,48 @@ def render_rays(field, origins: torch.Tensor, dirs: torch.Tensor, background: to
                 generator: torch.Generator | None = None, stratified: bool | None = None) -> dict:
     """Volume-render ``R`` rays: origins/dirs ``[R,3]`` (unit dirs), background ``[R,3]``, light positions
     ``[R,3]`` (for diffuse/textureless shading). Returns per-ray ``rgb`` [R,3], ``opacity`` [R], ``depth`` [R],
-    ``normal_map`` [R,3] (normalised weighted normal, or None) and the packed per-sample tensors."""
+    ``normal_map`` [R,3] (normalised weighted normal, or None) and the packed per-sample tensors.
+
+    The two halves: :func:`sample_along_rays` (no gradient, then the perturbation noise) and
+    :func:`composite_samples` (with gradient)."""
     if shading not in SHADINGS:
         raise Zero123Error(f"unknown shading {shading!r}: use one of {', '.join(SHADINGS)}")
+    ray_idx, t_mid, dt = sample_along_rays(field, origins, dirs, occupancy=occupancy, settings=settings,
+                                           generator=generator, stratified=stratified)
+    noise = _perturb_noise(ray_idx.numel(), normal_perturb_std if with_normals else 0.0, origins.device, generator)
+    return composite_samples(field, origins, dirs, background, ray_idx, t_mid, dt, shading=shading,
+                             ambient_ratio=ambient_ratio, light_positions=light_positions,
+                             with_normals=with_normals, perturb_noise=noise, settings=settings)
+
+
+def _perturb_noise(n: int, std: float, device, generator) -> Optional[torch.Tensor]:
+    """``N(0, std^2)`` offsets ``[n,3]`` of the 3D normal-smoothness points (None when ``std`` is 0)."""
+    if std <= 0:
+        return None
+    return torch.randn((n, 3), device=device, generator=generator) * std
+
+
+def sample_weights(density: torch.Tensor, dt: torch.Tensor, ray_idx: torch.Tensor, n_rays: int) -> torch.Tensor:
+    """Compositing weights ``w_i = T_i alpha_i`` [N] of packed samples (module docstring)."""
+    sdt = density * dt
+    alpha = 1 - torch.exp(-sdt)
+    trans = torch.exp(-exclusive_sum_per_ray(sdt, ray_idx, n_rays))
+    return trans * alpha
+
+
+def composite_samples(field, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor,
+                      ray_idx: torch.Tensor, t_mid: torch.Tensor, dt: torch.Tensor, *, shading: str = "albedo",
+                      ambient_ratio: float | None = None, light_positions=None, with_normals: bool = False,
+                      perturb_noise: Optional[torch.Tensor] = None, settings: RenderSettings | None = None) -> dict:
+    """The differentiable half of :func:`render_rays` on given packed samples (``ray_idx`` [N] into the ``R``
+    rays, sorted; ``t_mid``/``dt`` [N]); ``perturb_noise`` [N,3] offsets of the 3D normal-smoothness points."""
     s = settings or RenderSettings()
     n_rays = origins.shape[0]
-    ray_idx, t_mid, dt = sample_along_rays(field, origins, dirs, occupancy=occupancy, settings=s,
-                                           generator=generator, stratified=stratified)
     need_normal = with_normals or shading != "albedo"
     t_dirs = dirs[ray_idx]
     points = origins[ray_idx] + t_dirs * t_mid[:, None]
     out = field(points, with_albedo=shading != "textureless", with_normal=need_normal)
-    sdt = out.density * dt
-    alpha = 1 - torch.exp(-sdt)
-    trans = torch.exp(-exclusive_sum_per_ray(sdt, ray_idx, n_rays))
-    weights = trans * alpha
+    weights = sample_weights(out.density, dt, ray_idx, n_rays)
     if shading == "albedo":
         color = out.albedo
     else:
@@ -230,18 +257,89 @@ def render_rays(field, origins: torch.Tensor, dirs: torch.Tensor, background: to
     normal_map = normal_perturb = None
     if with_normals:
         normal_map = F.normalize(_ray_sum(weights[:, None] * out.normal, ray_idx, n_rays), dim=-1)
-        if normal_perturb_std > 0:
-            noise = torch.randn(points.shape, device=points.device, generator=generator) * normal_perturb_std
-            normal_perturb = field.normal(points + noise)
+        if perturb_noise is not None:
+            normal_perturb = field.normal(points + perturb_noise)
     return {"rgb": rgb, "opacity": opacity, "depth": depth, "normal_map": normal_map, "weights": weights,
             "ray_indices": ray_idx, "t_dirs": t_dirs, "points": points,
             "normal": out.normal if need_normal else None, "normal_perturb": normal_perturb}
 
 
+@dataclass
+class ImageSamples:
+    """The no-grad first half of :func:`render` for whole images, shared by renders of parts of them.
+
+    ``ray_indices`` [N] long (flat ``b*H*W + i*W + j``, sorted by ray then distance), ``t_mid``/``dt`` [N] (world
+    units along unit ray directions), ``perturb_noise`` [N,3] or None; ``batch``, ``height``, ``width``: the
+    images sampled. Drawn in the order a whole :func:`render` draws (ray offsets, then the perturbation noise),
+    so rendering every part of the images from one ``ImageSamples`` gives the whole render's values."""
+
+    ray_indices: torch.Tensor
+    t_mid: torch.Tensor
+    dt: torch.Tensor
+    perturb_noise: Optional[torch.Tensor]
+    batch: int
+    height: int
+    width: int
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.ray_indices.numel())
+
+    def select(self, views: slice, rows: slice):
+        """Samples of ``views`` x ``rows`` (``step`` 1): ``(index [n] into the N samples, ray indices [n] renumbered
+        ``b'*H'*W + i'*W + j`` within the part)``, in the same order."""
+        hw = self.height * self.width
+        b, rem = self.ray_indices // hw, self.ray_indices % hw
+        i = rem // self.width
+        keep = (b >= views.start) & (b < views.stop) & (i >= rows.start) & (i < rows.stop)
+        idx = torch.nonzero(keep).squeeze(1)
+        n_rows = rows.stop - rows.start
+        local = (b[idx] - views.start) * (n_rows * self.width) + (rem[idx] - rows.start * self.width)
+        return idx, local
+
+
+def _full(part: slice | None, n: int) -> slice:
+    part = slice(0, n) if part is None else part
+    start, stop, step = part.indices(n)
+    if step != 1 or stop <= start:
+        raise Zero123Error(f"a render part must be a non-empty slice of step 1 within 0..{n}, got {part}")
+    return slice(start, stop)
+
+
+def _camera_rays(cameras: Cameras, height: int, width: int, background, dev):
+    """Flat rays, backgrounds and light positions ``[B*H*W,3]`` of ``cameras`` (see :func:`render`)."""
+    cams = cameras.to(dev)
+    B = len(cams)
+    origins, dirs = ray_bundle(cams.c2w, cams.fovy, height, width)
+    pix = height * width
+    if background is None:
+        bg = torch.ones(B, 3, device=dev)
+    else:
+        bg = torch.as_tensor(background, dtype=torch.float32, device=dev).reshape(-1, 3).expand(B, 3)
+    bg_rays = bg[:, None, :].expand(B, pix, 3).reshape(-1, 3)
+    light = cams.light_positions[:, None, :].expand(B, pix, 3).reshape(-1, 3)
+    return origins.reshape(-1, 3), dirs.reshape(-1, 3), bg_rays, light
+
+
+def sample_images(field, cameras: Cameras, height: int, width: int | None = None, *, occupancy=None,
+                  normal_perturb_std: float = 0.0, settings: RenderSettings | None = None,
+                  generator: torch.Generator | None = None, stratified: bool | None = None) -> ImageSamples:
+    """The samples (no gradient) of a :func:`render` of the same arguments, for rendering it in parts."""
+    width = height if width is None else width
+    dev = next(field.parameters()).device
+    origins, dirs, _, _ = _camera_rays(cameras, height, width, None, dev)
+    ray_idx, t_mid, dt = sample_along_rays(field, origins, dirs, occupancy=occupancy, settings=settings,
+                                           generator=generator, stratified=stratified)
+    noise = _perturb_noise(ray_idx.numel(), normal_perturb_std, dev, generator)
+    return ImageSamples(ray_idx, t_mid, dt, noise, len(cameras), height, width)
+
+
 def render(field, cameras: Cameras, height: int, width: int | None = None, *, occupancy=None,
            background=None, shading: str = "albedo", ambient_ratio: float | None = None,
            with_normals: bool = False, normal_perturb_std: float = 0.0, settings: RenderSettings | None = None,
-           generator: torch.Generator | None = None, stratified: bool | None = None) -> RenderOutput:
+           generator: torch.Generator | None = None, stratified: bool | None = None,
+           rows: slice | None = None, views: slice | None = None,
+           samples: ImageSamples | None = None) -> RenderOutput:
     """Render ``cameras`` (see :class:`Cameras`) at ``height x width`` pixels.
 
     Args:
@@ -251,25 +349,45 @@ def render(field, cameras: Cameras, height: int, width: int | None = None, *, oc
         normal_perturb_std: > 0 also returns ``normal_perturb``, normals at the sample points plus
             N(0, std^2) noise (threestudio's 3D normal-smoothness input; std 0.01 there).
         generator: device generator for the stratified offsets and the perturbation noise.
+        rows, views: render only these image rows of these cameras (slices of step 1): images
+            ``[len(views), len(rows), W, C]``, per-sample tensors of those pixels only, ``ray_indices``
+            renumbered within the part; every value equals the whole render's at those pixels when ``samples``
+            is that render's :func:`sample_images` (the random draws are made once, for whole images).
+        samples: the sampling of the whole images (:func:`sample_images` with the same arguments); None = sample
+            now (then ``generator``, ``stratified``, ``normal_perturb_std`` are used here).
     Gradients flow to the field's parameters through rgb/opacity/depth/normals.
     """
+    if shading not in SHADINGS:
+        raise Zero123Error(f"unknown shading {shading!r}: use one of {', '.join(SHADINGS)}")
     width = height if width is None else width
     dev = next(field.parameters()).device
-    cams = cameras.to(dev)
-    B = len(cams)
-    origins, dirs = ray_bundle(cams.c2w, cams.fovy, height, width)
-    origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
-    pix = height * width
-    if background is None:
-        bg = torch.ones(B, 3, device=dev)
+    B = len(cameras)
+    origins, dirs, bg_rays, light = _camera_rays(cameras, height, width, background, dev)
+    if rows is None and views is None and samples is None:
+        r = render_rays(field, origins, dirs, bg_rays, occupancy=occupancy, shading=shading,
+                        ambient_ratio=ambient_ratio, light_positions=light, with_normals=with_normals,
+                        normal_perturb_std=normal_perturb_std, settings=settings, generator=generator,
+                        stratified=stratified)
+        n_rays = origins.shape[0]
     else:
-        bg = torch.as_tensor(background, dtype=torch.float32, device=dev).reshape(-1, 3).expand(B, 3)
-    bg_rays = bg[:, None, :].expand(B, pix, 3).reshape(-1, 3)
-    light = cams.light_positions[:, None, :].expand(B, pix, 3).reshape(-1, 3)
-    r = render_rays(field, origins, dirs, bg_rays, occupancy=occupancy, shading=shading,
-                    ambient_ratio=ambient_ratio, light_positions=light, with_normals=with_normals,
-                    normal_perturb_std=normal_perturb_std, settings=settings, generator=generator,
-                    stratified=stratified)
+        if samples is None:
+            samples = sample_images(field, cameras, height, width, occupancy=occupancy,
+                                    normal_perturb_std=normal_perturb_std if with_normals else 0.0,
+                                    settings=settings, generator=generator, stratified=stratified)
+        elif (samples.batch, samples.height, samples.width) != (B, height, width):
+            raise Zero123Error(f"samples are of {samples.batch} images of {samples.height}x{samples.width}, "
+                               f"not {B} of {height}x{width}")
+        views, rows = _full(views, B), _full(rows, height)
+        idx, local = samples.select(views, rows)
+        pix = torch.arange(height * width, device=dev).view(height, width)[rows].reshape(-1)
+        rays = (torch.arange(views.start, views.stop, device=dev)[:, None] * (height * width) + pix).reshape(-1)
+        noise = None if samples.perturb_noise is None or not with_normals else samples.perturb_noise[idx]
+        r = composite_samples(field, origins[rays], dirs[rays], bg_rays[rays], local, samples.t_mid[idx],
+                              samples.dt[idx], shading=shading, ambient_ratio=ambient_ratio,
+                              light_positions=light[rays], with_normals=with_normals, perturb_noise=noise,
+                              settings=settings)
+        B, height = views.stop - views.start, rows.stop - rows.start
+        n_rays = rays.numel()
     comp_normal = None
     if r["normal_map"] is not None:
         comp_normal = ((r["normal_map"] + 1) / 2 * r["opacity"][:, None]).view(B, height, width, 3)
@@ -278,7 +396,7 @@ def render(field, cameras: Cameras, height: int, width: int | None = None, *, oc
         depth=r["depth"].view(B, height, width, 1), comp_normal=comp_normal, weights=r["weights"],
         ray_indices=r["ray_indices"], t_dirs=r["t_dirs"], points=r["points"], normal=r["normal"],
         normal_perturb=r["normal_perturb"],
-        stats={"samples": int(r["ray_indices"].numel()), "rays": origins.shape[0]},
+        stats={"samples": int(r["ray_indices"].numel()), "rays": n_rays},
     )
 
 

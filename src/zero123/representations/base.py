@@ -94,6 +94,29 @@ class Representation(torch.nn.Module):
         """As :meth:`render` (same keywords) without gradients and with bounded memory (videos, previews)."""
         raise NotImplementedError
 
+    def render_backward(self, cameras: "Cameras", resolution: int, weights: Dict[str, float], *,
+                        background: Tensor, with_sparsity: bool, image_terms=None, targets=None,
+                        max_samples: Optional[int] = None, max_whole_samples: Optional[int] = None,
+                        **render_kwargs) -> Tuple[Dict[str, Tensor], dict]:
+        """Render ``cameras``, take the loss terms and back-propagate ``sum(weights[k] * term_k)`` (a missing
+        weight is 0). Terms, in this order: ``image_terms(rgb)`` (``{name: loss}`` of the whole images, e.g. the
+        guidance), with ``targets = (gt_rgb [B,H,W,3], gt_mask [B,H,W,1])`` ``"rgb"`` / ``"mask"``
+        (:func:`zero123.guidance.losses.reference_rgb_loss` / ``mask_loss`` on ``background``), then
+        :meth:`regularisers`. ``render_kwargs``: as :meth:`render`. Returns ``(detached terms, render stats)``.
+
+        ``max_samples``: the most a render part may hold, ``max_whole_samples``: the most a render made whole may
+        hold (``zero123.utils.memory.MemoryPlan.limits``); a representation that renders in parts with the same
+        gradient (the NeRF: ``zero123.rendering.chunked``) keeps to them, this default renders whole."""
+        out = self.render(cameras, resolution, background=background, **render_kwargs)
+        terms = dict(image_terms(out.rgb)) if image_terms is not None else {}
+        if targets is not None:
+            terms.update(reference_terms(out, targets, background))
+        terms.update(self.regularisers(out, with_sparsity=with_sparsity))
+        loss = sum(weights.get(k, 0.0) * v for k, v in terms.items())
+        if isinstance(loss, Tensor) and loss.requires_grad:
+            loss.backward()
+        return {k: v.detach() for k, v in terms.items()}, dict(out.stats)
+
     def regularisers(self, out: RenderResult, *, with_sparsity: bool) -> Dict[str, Tensor]:
         """Its own loss terms of one render by name (scalars); the trainer weights them with ``cfg.losses`` (a
         name missing from :class:`zero123.guidance.losses.LossWeights` has weight 0) and sums them.
@@ -122,6 +145,14 @@ class Representation(torch.nn.Module):
     def albedo(self, points: Tensor) -> Tensor:
         """Albedo ``[N,3]`` in [0,1] at world points ``[N,3]`` (texture baking, vertex colours)."""
         raise NotImplementedError
+
+
+def reference_terms(out: RenderResult, targets, background: Tensor) -> Dict[str, Tensor]:
+    """The reference view's ``rgb`` and ``mask`` terms of a whole render against ``targets = (gt_rgb, gt_mask)``."""
+    from ..guidance.losses import mask_loss, reference_rgb_loss
+
+    gt_rgb, gt_mask = targets
+    return {"rgb": reference_rgb_loss(out.rgb, gt_rgb, gt_mask, background), "mask": mask_loss(out.opacity, gt_mask)}
 
 
 #: registry key (``ImageTo3DConfig.representation``) -> class; filled by :func:`register_representation`

@@ -20,7 +20,7 @@ from ..fields import NeRFField, OccupancyGrid
 from ..fields.nerf import FieldConfig
 from ..guidance.losses import normal_smooth_2d, opaque_loss, sparsity_loss
 from ..rendering.volume import RenderOutput, RenderSettings, render, render_chunked
-from .base import Representation, register_representation
+from .base import Representation, reference_terms, register_representation
 
 
 def orient_loss(weights: Tensor, normal: Tensor, t_dirs: Tensor, opacity: Tensor) -> Tensor:
@@ -96,6 +96,25 @@ class NeRFRepresentation(Representation):
 
     def regularisers(self, out: RenderOutput, *, with_sparsity: bool) -> Dict[str, Tensor]:
         return regularisers(out, with_sparsity=with_sparsity)
+
+    def render_backward(self, cameras, resolution: int, weights: Dict[str, float], *, background: Tensor,
+                        with_sparsity: bool, image_terms=None, targets=None, max_samples: Optional[int] = None,
+                        max_whole_samples: Optional[int] = None, **render_kwargs):
+        """:meth:`Representation.render_backward` in parts of at most ``max_samples`` kept ray samples (bands of
+        rows, groups of views: :func:`zero123.rendering.chunked.render_backward`, the same gradient); a render
+        that fits is made whole, exactly as before."""
+        from ..rendering.chunked import render_backward
+
+        def whole_terms(out):
+            terms = reference_terms(out, targets, background) if targets is not None else {}
+            return {**terms, **regularisers(out, with_sparsity=with_sparsity)}
+
+        gt_rgb, gt_mask = targets if targets is not None else (None, None)
+        return render_backward(self.field, cameras, resolution, weights, whole_terms=whole_terms,
+                               image_terms=image_terms, max_samples=max_samples,
+                               max_whole_samples=max_whole_samples, gt_rgb=gt_rgb, gt_mask=gt_mask,
+                               background=background, with_sparsity=with_sparsity, occupancy=self.occupancy,
+                               settings=self.settings, **render_kwargs)
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         o = self.optimizer_config
