@@ -47,6 +47,8 @@ def default_budget(device) -> Optional[int]:
     device = torch.device(device)
     if device.type != "cuda":
         return None
+    if device.index is None:  # torch.cuda's per-device queries need an index
+        device = torch.device("cuda", torch.cuda.current_device())
     free, total = torch.cuda.mem_get_info(device)
     budget = free + torch.cuda.memory_reserved(device)
     fraction = torch.cuda.get_per_process_memory_fraction(device)
