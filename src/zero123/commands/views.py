@@ -63,6 +63,7 @@ def run(args) -> int:
     import torch
 
     from ..pipelines.zero123_pipeline import check_noise_scale
+    from ..schedulers import make_sampler
     from ..preprocessing import load_image
     from ..utils.atomic import atomic_folder
     from ..utils.outputs import VIEWS_OUTPUTS, check_output_dir
@@ -71,6 +72,7 @@ def run(args) -> int:
     image = load_image(args.image)  # before loading the model
     foreground = foreground_kwargs(args, image) if not args.no_recentre else {}
     tau = None if args.noise_scale is None else check_noise_scale(args.noise_scale)
+    make_sampler(args.scheduler, args.steps, args.eta)  # one-line error for bad steps / eta before loading
     device, dtype = resolve_device_dtype(args)
     n = max(len(args.azimuth), len(args.elevation), len(args.radius))
     elevations = _broadcast(args.elevation, n, "elevation")
@@ -89,7 +91,7 @@ def run(args) -> int:
     pipe.camera_batch(elevations, azimuths, radii, input_elevation)  # validate cameras before sampling
     if tau is not None:
         pipe.noise_scale = tau
-    pipe.timestep_spacing = args.timestep_spacing
+    pipe.timestep_spacing, pipe.scheduler = args.timestep_spacing, args.scheduler
     if args.fast:
         pipe.enable_fast_path()
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
@@ -98,7 +100,7 @@ def run(args) -> int:
                generator=generator, recentre=not args.no_recentre, progress=True, **foreground)
     out_dir = Path(args.out).expanduser()
     meta = {"checkpoint": args.checkpoint or "bundled", "variant": pipe.model.variant.value, "seed": args.seed,
-            "steps": args.steps, "guidance_scale": args.guidance_scale, "eta": args.eta,
+            "scheduler": pipe.scheduler, "steps": args.steps, "guidance_scale": args.guidance_scale, "eta": args.eta,
             "noise_scale": pipe.noise_scale, "timestep_spacing": pipe.timestep_spacing,
             "input_elevation": input_elevation,
             "input_elevation_source": "estimated" if estimate else ("given" if args.input_elevation is not None
