@@ -158,3 +158,16 @@ def test_views_cli_scheduler_option(tmp_path, fixtures_dir):
                           str(tmp_path / "o")], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0
     assert "applies to the ddim scheduler only" in res.stderr
+
+
+def test_graph_cache_runs_eagerly_before_capture_after():
+    """``capture_after=2``: the first two runs of a configuration are eager (``run`` returns None) and counted per
+    configuration (the capture itself needs CUDA: bench/device/views_speed.sh)."""
+    from zero123.pipelines.graphed_sampler import GraphedSamplerCache
+
+    cache = GraphedSamplerCache(model=None, capture_after=2)
+    x, tok = torch.zeros(2, 4, 8, 8), torch.zeros(2, 1, 4)
+    sampler = make_sampler("ddim", 10)
+    assert cache.run(sampler, x, tok, x, 3.0) is None and cache.run(sampler, x, tok, x, 3.0) is None
+    assert cache.run(make_sampler("ddim", 20), x, tok, x, 3.0) is None  # another configuration: its own count
+    assert list(cache.eager_runs.values()) == [2, 1] and not cache.loops

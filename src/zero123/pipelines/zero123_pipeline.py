@@ -141,18 +141,23 @@ class Zero123Pipeline:
     def device(self) -> torch.device:
         return self.model.device
 
-    def enable_cuda_graph(self, enabled: bool = True) -> "Zero123Pipeline":
-        """Capture the whole denoising loop in one CUDA graph per (views, steps, guidance, eta) on first use and
-        replay it afterwards (the loop is launch-bound on an H100). No effect on CPU."""
+    def enable_cuda_graph(self, enabled: bool = True, capture_after: int = 0) -> "Zero123Pipeline":
+        """Capture the whole denoising loop in one CUDA graph per (views, steps, guidance, eta) and replay it
+        afterwards (the loop is launch-bound on an H100): captured on first use (``capture_after=0``), or after
+        that many eager runs of the configuration (a capture costs about two loops: see ``graphed_sampler``). DDIM
+        only (the multistep solvers run eagerly). No effect on CPU."""
         from .graphed_sampler import GraphedSamplerCache
 
-        self._graphed = GraphedSamplerCache(self.model) if enabled and self.device.type == "cuda" else None
+        cuda = enabled and self.device.type == "cuda"
+        self._graphed = GraphedSamplerCache(self.model, capture_after) if cuda else None
         return self
 
-    def enable_fast_path(self, compile: bool = True) -> "Zero123Pipeline":
+    def enable_fast_path(self, compile: bool = True, capture_after: int = 0) -> "Zero123Pipeline":
         """GPU fast path measured in ``bench/RESULTS.md``: channels-last, the exact single-token cross-attention
-        shortcut, fused QKV projections, ``torch.compile`` of the UNet and VAE decoder (about a minute on the first
-        call) and the whole denoising loop as one CUDA graph. On CPU only the exact attention shortcut applies."""
+        shortcut, fused QKV projections, ``torch.compile`` of the UNet and VAE decoder (``compile``: about a
+        minute the first time, seconds once its on-disk cache is warm: ``models.optimizations.compile_cache_dir``)
+        and the whole denoising loop as one CUDA graph (``capture_after``: see ``enable_cuda_graph``). On CPU only
+        the exact attention shortcut applies."""
         from ..models.optimizations import compile_for_inference, fuse_qkv, optimize_for_inference
 
         cuda = self.device.type == "cuda"
@@ -161,7 +166,7 @@ class Zero123Pipeline:
             fuse_qkv(self.model)
             if compile:
                 compile_for_inference(self.model)
-        return self.enable_cuda_graph(cuda)
+        return self.enable_cuda_graph(cuda, capture_after)
 
     # ----- inputs ------------------------------------------------------------------------------------------
     def prepare_image(self, image, matting=None, recentre: bool = True, *, matting_model=None, mask=None,
@@ -297,11 +302,13 @@ class Zero123Pipeline:
         if eta > 0:
             noises = torch.randn((len(sampler),) + shape, generator=generator,
                                  device=_gen_device(generator, self.device)).to(self.device)
+        graphed = None
         if self._graphed is not None and sampler.graphable:
-            x = self._graphed.run(sampler, x, token, concat, guidance_scale, noises)
+            graphed = self._graphed.run(sampler, x, token, concat, guidance_scale, noises)  # None: run eagerly
+        if graphed is not None:
             if progress_bar is not None:
                 progress_bar.update(len(sampler))
-            return x
+            return graphed
         for i, t in enumerate(sampler.timesteps.tolist()):
             eps = model.guided_noise(x.to(model.dtype), torch.full((n,), t, device=self.device), token, concat,
                                      guidance_scale).float()
