@@ -10,7 +10,8 @@ pairs are the standard ones (the first ``2 x objects`` of them) and only the ``m
 Every configuration samples the same pairs from the same start noise (the eval's per-pair generator), so the
 comparison is PAIRED: the table gives each sampler's mean PSNR / SSIM and its mean per-pair difference from
 DDIM 50 with the standard error of that difference (std / sqrt(n)); "matches" = |difference| <= 1 standard
-error on both metrics (and, as a looser reading, the unpaired standard error of DDIM 50's own mean).
+error on both metrics (and, as a looser reading, the unpaired standard error of DDIM 50's own mean); "not worse"
+= difference >= -1 standard error on both (a sampler may also beat DDIM 50).
 
 ``--reference``: DDIM 50's per-pair scores from an earlier `zero123 eval` JSON of the same pairs, model and
 settings (the model card's ``eval_test_cpu_v08.json``) instead of sampling DDIM 50 again; the script checks that
@@ -65,8 +66,15 @@ def render_standard_test_objects(root: Path, n_objects: int) -> Path:
 
 
 def run_eval(data: Path, scheduler: str, steps: int, n_objects: int, out: Path) -> dict:
+    """`zero123 eval` for one configuration; an earlier run's JSON for the same settings in ``out`` is reused."""
     from zero123.cli import main
 
+    if out.exists():
+        res = json.loads(out.read_text())
+        st = res["settings"]
+        if (st.get("scheduler"), st["steps"], len(res["pairs"])) == (scheduler, steps, 2 * n_objects):
+            res.setdefault("wall_s", None)
+            return res
     t0 = time.perf_counter()
     rc = main(["eval", "--data", str(data), "--max-objects", str(n_objects), "--pairs-per-object", "2",
                "--steps", str(steps), "--scheduler", scheduler, "--quiet", "--out", str(out), "--device", "cpu"])
@@ -74,6 +82,7 @@ def run_eval(data: Path, scheduler: str, steps: int, n_objects: int, out: Path) 
         raise SystemExit(f"zero123 eval failed for {scheduler} {steps}")
     res = json.loads(out.read_text())
     res["wall_s"] = round(time.perf_counter() - t0, 1)
+    out.write_text(json.dumps(res) + "\n")
     return res
 
 
@@ -109,6 +118,8 @@ def main(argv=None) -> int:
     ap.add_argument("--objects", type=int, default=40, help="first N standard test objects (2 pairs each)")
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 15, 20, 25])
     ap.add_argument("--schedulers", nargs="+", default=["dpmpp", "unipc"])
+    ap.add_argument("--configs", nargs="+", default=None, metavar="SCHED:STEPS",
+                    help="run these, in this order, instead of --schedulers x --steps (e.g. dpmpp:10 unipc:15)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/zero123_bench_samplers"))
     ap.add_argument("--reference", type=Path, default=None,
                     help="DDIM 50's per-pair scores from this `zero123 eval` JSON instead of a new DDIM 50 run")
@@ -121,6 +132,8 @@ def main(argv=None) -> int:
     data = render_standard_test_objects(args.work / "renders", args.objects)
     render_s = time.perf_counter() - t0
     configs = [(s, n) for n in args.steps for s in args.schedulers]
+    if args.configs:
+        configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.configs]
     runs = {}
     if args.reference:
         runs["ddim_50"] = reference_run(args.reference, data, args.objects)
@@ -150,6 +163,7 @@ def _write(args, runs, render_s, torch):
         ds, ss = paired([p[1] for p in ref["per_pair"]], [p[1] for p in r["per_pair"]])
         r.update(d_psnr=dp, se_d_psnr=sp, d_ssim=ds, se_d_ssim=ss,
                  matches_paired=abs(dp) <= sp and abs(ds) <= ss,
+                 not_worse_paired=dp >= -sp and ds >= -ss,
                  matches_unpaired=abs(dp) <= ref["psnr_std"] / math.sqrt(n)
                  and abs(ds) <= ref["ssim_std"] / math.sqrt(n))
     if args.out:
@@ -166,11 +180,11 @@ def _write(args, runs, render_s, torch):
 
 def table(runs) -> str:
     rows = ["| sampler | steps | UNet evals | PSNR (dB) | SSIM | PSNR - DDIM50 (paired SE) | SSIM - DDIM50 (paired SE) "
-            "| within 1 SE |", "|---|---|---|---|---|---|---|---|"]
+            "| within 1 SE | not worse by > 1 SE |", "|---|---|---|---|---|---|---|---|---|"]
     for r in runs.values():
         rows.append(f"| {r['scheduler']} | {r['steps']} | {r['unet_evaluations']} | {r['psnr']:.2f} | {r['ssim']:.4f} "
                     f"| {r['d_psnr']:+.3f} ({r['se_d_psnr']:.3f}) | {r['d_ssim']:+.4f} ({r['se_d_ssim']:.4f}) "
-                    f"| {'yes' if r['matches_paired'] else 'no'} |")
+                    f"| {'yes' if r['matches_paired'] else 'no'} | {'yes' if r['not_worse_paired'] else 'no'} |")
     return "\n".join(rows)
 
 

@@ -171,3 +171,19 @@ def test_graph_cache_runs_eagerly_before_capture_after():
     assert cache.run(sampler, x, tok, x, 3.0) is None and cache.run(sampler, x, tok, x, 3.0) is None
     assert cache.run(make_sampler("ddim", 20), x, tok, x, 3.0) is None  # another configuration: its own count
     assert list(cache.eager_runs.values()) == [2, 1] and not cache.loops
+
+
+def test_reset_restarts_a_multistep_loop():
+    """What the CUDA-graph loop relies on (it runs a warm-up loop, then the captured one, on one sampler)."""
+    toy, mu = GaussianToy(0.5), torch.full((1, 4, 2, 2), 0.2, dtype=torch.float64)
+    x0 = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(3))
+    sampler = make_sampler("dpmpp", 6)
+    assert sampler.graphable and not make_sampler("unipc", 6).graphable
+    outs = []
+    for _ in range(2):
+        sampler.reset()
+        x = x0
+        for i, t in enumerate(sampler.timesteps.tolist()):
+            x = sampler.step(i, x, toy.predict_noise(x, torch.tensor([t]), None, mu))
+        outs.append(x)
+    assert torch.equal(outs[0], outs[1])

@@ -87,6 +87,9 @@ class DDIMSampler:
 
     graphable = True
 
+    def reset(self) -> None:
+        """Nothing to reset: the update keeps no state (``MultistepSampler.reset``'s counterpart)."""
+
     def __init__(self, num_steps: int, eta: float = 0.0, alphas: torch.Tensor | None = None,
                  spacing: str = "zero123"):
         acp = (alphas if alphas is not None else alphas_cumprod()).double().cpu()
@@ -143,11 +146,12 @@ class MultistepSampler:
     ="zero"``, lower order on the final steps). Deterministic: no eta.
 
     Same interface as ``DDIMSampler`` (``timesteps``, ``len``, ``step(i, x, eps)``); the solver keeps its history
-    of model outputs, so a sampler runs one loop, in order (``step`` checks it). ``graphable`` is False: the
-    pipeline runs it eagerly (the CUDA-graph loop captures DDIM's precomputed coefficients only).
+    of model outputs, so a sampler runs one loop, in order (``step`` checks it; ``reset`` starts it again).
+    ``graphable``: DPM-Solver++'s step is tensor arithmetic on the sample with CPU-scalar coefficients, so the
+    CUDA-graph loop can capture it; UniPC's step builds small device tensors (``torch.tensor(..., device=)``) and
+    solves a linear system each step, which a capture does not allow: it runs eagerly.
     """
 
-    graphable = False
     eta = 0.0
 
     def __init__(self, name: str, num_steps: int, alphas: torch.Tensor | None = None):
@@ -169,8 +173,14 @@ class MultistepSampler:
         else:
             self.scheduler = UniPCMultistepScheduler(solver_type="bh2", predict_x0=True, **common)
         self.name = name
+        self.graphable = name == "dpmpp"
         self.scheduler.set_timesteps(num_steps)
         self.timesteps = self.scheduler.timesteps.long().cpu()
+        self._next = 0
+
+    def reset(self) -> None:
+        """Forget the history: the next ``step`` is step 0 of a new loop."""
+        self.scheduler.set_timesteps(len(self.timesteps))
         self._next = 0
 
     def __len__(self) -> int:

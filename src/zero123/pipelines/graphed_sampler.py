@@ -34,6 +34,7 @@ class _GraphedLoop:
             self.out = self._loop()
 
     def _loop(self) -> torch.Tensor:
+        self.sampler.reset()  # a multistep solver's history starts empty for the warm-up and for the capture
         x = self.x
         for i, t in enumerate(self.t):
             eps = self.model.guided_noise(x.to(self.model.dtype), t, self.token, self.concat,
@@ -62,8 +63,8 @@ class GraphedSamplerCache:
         self.eager_runs: dict[tuple, int] = {}
 
     def run(self, sampler, x, token, concat, guidance_scale, noises=None) -> torch.Tensor | None:
-        key = (tuple(x.shape), tuple(sampler.timesteps.tolist()), float(guidance_scale), float(sampler.eta),
-               token.dtype)
+        key = (getattr(sampler, "name", "ddim"), tuple(x.shape), tuple(sampler.timesteps.tolist()),
+               float(guidance_scale), float(sampler.eta), token.dtype)
         loop = self.loops.get(key)
         if loop is None and self.eager_runs.get(key, 0) < self.capture_after:
             self.eager_runs[key] = self.eager_runs.get(key, 0) + 1

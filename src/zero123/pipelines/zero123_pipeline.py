@@ -145,7 +145,7 @@ class Zero123Pipeline:
         """Capture the whole denoising loop in one CUDA graph per (views, steps, guidance, eta) and replay it
         afterwards (the loop is launch-bound on an H100): captured on first use (``capture_after=0``), or after
         that many eager runs of the configuration (a capture costs about two loops: see ``graphed_sampler``). DDIM
-        only (the multistep solvers run eagerly). No effect on CPU."""
+        and DPM-Solver++ (UniPC runs eagerly: ``MultistepSampler.graphable``). No effect on CPU."""
         from .graphed_sampler import GraphedSamplerCache
 
         cuda = enabled and self.device.type == "cuda"
