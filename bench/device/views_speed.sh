@@ -33,9 +33,9 @@ print("random-weight model, fp16 folder:", save_pretrained(model, folder, half=T
 PY
 export ZERO123_VIEWS_DEV=$DEV ZERO123_VIEWS_FOLDER=$FOLDER ZERO123_VIEWS_STEPS=$STEPS
 export ZERO123_VIEWS_SAMPLER_STEPS=$SAMPLER_STEPS
-timeout "${T_CLI:-330}" python3 - "$OUT" <<'PY' 2>&1 | tee "$OUT/views_cli.log" | grep -v Warning
+python3 - "$OUT" "${T_CLI:-330}" <<'PY' 2>&1 | tee "$OUT/views_cli.log" | grep -v Warning
 import json, os, subprocess, sys, tempfile, time
-out = sys.argv[1]
+out, deadline = sys.argv[1], time.perf_counter() + float(sys.argv[2])  # each run gets what is left of T_CLI
 dev, folder = os.environ["ZERO123_VIEWS_DEV"], os.environ["ZERO123_VIEWS_FOLDER"]
 steps, fewer = os.environ["ZERO123_VIEWS_STEPS"], os.environ["ZERO123_VIEWS_SAMPLER_STEPS"]
 cache = tempfile.mkdtemp(prefix="zero123-inductor-")  # an empty compile cache for the first --compile run
@@ -62,21 +62,28 @@ for name, cmd, env in runs:
     with tempfile.TemporaryDirectory() as d:
         argv = cmd + (["--out", f"{d}/v"] if "views" in cmd else [])
         t = time.perf_counter()
-        p = subprocess.run(argv, env=dict(os.environ, **env), capture_output=True, text=True)
+        try:
+            p = subprocess.run(argv, env=dict(os.environ, **env), capture_output=True, text=True,
+                               timeout=max(1.0, deadline - t))
+            rc, err = p.returncode, (p.stderr.strip().splitlines() or ["?"])[-1][:300]
+        except subprocess.TimeoutExpired:  # the child is killed: nothing keeps running beside what follows
+            rc, err = "timeout", "stopped at the T_CLI limit"
         wall = time.perf_counter() - t
-    row = {"run": name, "wall_s": round(wall, 2), "rc": p.returncode}
-    if p.returncode:
-        row["error"] = (p.stderr.strip().splitlines() or ["?"])[-1][:300]
+    row = {"run": name, "wall_s": round(wall, 2), "rc": rc}
+    if rc:
+        row["error"] = err
     res["rows"].append(row)
     print(json.dumps(row), flush=True)
+    if rc == "timeout":
+        break
     tmp = os.path.join(out, "views_speed.json.tmp")
     with open(tmp, "w") as f:
         json.dump(res, f, indent=2)
     os.replace(tmp, os.path.join(out, "views_speed.json"))
-with open(os.path.join(out, "views_speed.md"), "w") as f:
-    f.write("| run (3 views, fp16 folder, cold process, warm page cache) | wall (s) |\n|---|---|\n")
-    for r in res["rows"]:
-        f.write(f"| {r['run']} | {r['wall_s']:.2f}{' (failed: ' + r['error'] + ')' if r['rc'] else ''} |\n")
+    with open(os.path.join(out, "views_speed.md"), "w") as f:  # the table so far, after every run too
+        f.write("| run (3 views, fp16 folder, cold process, warm page cache) | wall (s) |\n|---|---|\n")
+        for r in res["rows"]:
+            f.write(f"| {r['run']} | {r['wall_s']:.2f}{' (failed: ' + r['error'] + ')' if r['rc'] else ''} |\n")
 print(open(os.path.join(out, "views_speed.md")).read())
 PY
 # shellcheck disable=SC2086
