@@ -83,7 +83,7 @@ class AppConfig:
 
 #: the bundled model's default views sampling in the app: ``zero123 eval`` on its standard pairs matches DDIM 50
 #: within standard error at this scheduler and step count (``bench/bench_samplers.py``, ``bench/RESULTS.md``)
-BUNDLED_SAMPLING = ("dpmpp", 15)
+BUNDLED_SAMPLING = ("dpmpp", 10)
 
 
 @dataclass
