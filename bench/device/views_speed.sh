@@ -74,8 +74,6 @@ for name, cmd, env in runs:
         row["error"] = err
     res["rows"].append(row)
     print(json.dumps(row), flush=True)
-    if rc == "timeout":
-        break
     tmp = os.path.join(out, "views_speed.json.tmp")
     with open(tmp, "w") as f:
         json.dump(res, f, indent=2)
@@ -84,6 +82,8 @@ for name, cmd, env in runs:
         f.write("| run (3 views, fp16 folder, cold process, warm page cache) | wall (s) |\n|---|---|\n")
         for r in res["rows"]:
             f.write(f"| {r['run']} | {r['wall_s']:.2f}{' (failed: ' + r['error'] + ')' if r['rc'] else ''} |\n")
+    if rc == "timeout":
+        break
 print(open(os.path.join(out, "views_speed.md")).read())
 PY
 # shellcheck disable=SC2086
