@@ -118,7 +118,7 @@ def browser_clicks(args, url, shots: Path | None) -> dict:
             page.get_by_role("tab", name="Image-to-3D").click()
             page.locator("#preset input").click()
             page.get_by_role("option", name=args.preset).click()
-            for i in range(args.warmup + args.reps):
+            for i in range(args.warmup + args.glb_reps):
                 t = time.perf_counter()
                 page.locator("#run3d").click()
                 try:
@@ -154,7 +154,7 @@ def client_clicks(args, url) -> dict:
         if i >= args.warmup:
             out["views"].append(time.perf_counter() - t)
     if args.preset:
-        for i in range(args.warmup + args.reps):
+        for i in range(args.warmup + args.glb_reps):
             t = time.perf_counter()
             status = c.predict(args.preset, None, 0, 5, api_name="/to3d")
             assert str(status).startswith("done"), status
@@ -181,7 +181,7 @@ def in_process_to3d(args) -> float:
 
         optimize_for_inference(pipe.model)
     times = []
-    for i in range(args.warmup + args.reps):
+    for i in range(args.warmup + args.glb_reps):
         with tempfile.TemporaryDirectory() as d:
             if pipe.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -209,7 +209,7 @@ def cold_cli(args) -> dict:
         subprocess.run(base + ["views", str(args.image), "--azimuth", *azims, "--steps", str(args.steps),
                                "--out", f"{d}/views"] + model, check=True, env=env, stdout=subprocess.DEVNULL)
         out["views_s"] = time.perf_counter() - t
-        if args.preset:
+        if args.preset and "to3d" in args.cold_cli:
             t = time.perf_counter()
             subprocess.run(base + ["to3d", str(args.image), "--preset", args.preset, "--no-progress",
                                    "--out", f"{d}/to3d"] + [m for m in model if m != "--variant"],
@@ -231,13 +231,19 @@ def main(argv=None) -> int:
                     help="browser (default when chromium is installed) or gradio_client")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--glb-reps", type=int, default=None, help="repeats of the GLB click and of the in-process "
+                    "to3d() (default --reps)")
     ap.add_argument("--in-process", action="store_true", help="also time to3d() in-process for --preset")
-    ap.add_argument("--cold-cli", action="store_true", help="also time cold `zero123 views` / `zero123 to3d`")
+    ap.add_argument("--cold-cli", nargs="*", choices=["views", "to3d"], default=None,
+                    help="also time cold `zero123 views` / `zero123 to3d` (no value: both)")
     ap.add_argument("--screenshots", type=Path, default=None, help="save app_views.png / app_3d.png here")
     ap.add_argument("--start-timeout", type=float, default=300)
     ap.add_argument("--job-timeout", type=float, default=900)
     ap.add_argument("--out", type=Path, default=Path("bench/results/app_cpu.json"))
     args = ap.parse_args(argv)
+    args.glb_reps = args.reps if args.glb_reps is None else args.glb_reps
+    if args.cold_cli == []:
+        args.cold_cli = ["views", "to3d"]
     client = args.client or ("browser" if Path(CHROMIUM).exists() else "gradio")
     if args.screenshots:
         args.screenshots.mkdir(parents=True, exist_ok=True)
@@ -267,15 +273,24 @@ def main(argv=None) -> int:
             res["gpu"] = torch.cuda.get_device_name(0)
     except Exception:
         pass
+    save(args.out, res)  # partial results as it goes: a time limit further on keeps what was measured
     if args.in_process and args.preset:
         res["in_process_to3d_s"] = round(in_process_to3d(args), 3)
+        save(args.out, res)
     if args.cold_cli:
         res["cold_cli"] = {k: round(v, 2) for k, v in cold_cli(args).items()}
     shutil.rmtree(tmp, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    save(args.out, res)
     log(json.dumps(res))
     return 0
+
+
+def save(path: Path, res: dict) -> None:
+    """``res`` as JSON at ``path`` via a temporary name (a partial file is never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(res, indent=2) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 pipeline call alone for the same 4 views, in one process, so the app's own overhead is the difference.
 
     python bench/bench_app_handler.py --steps 50 --reps 2 --out bench/results/app_handler_cpu.json
+    python bench/bench_app_handler.py --reps 2    # the app's default sampler and steps (AppConfig.sampling())
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--image", type=Path, default=REPO / "examples" / "mug.png")
     ap.add_argument("--views", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=None, help="default: the app's (AppConfig.sampling())")
+    ap.add_argument("--scheduler", default=None, help="default: the app's (AppConfig.sampling())")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -30,20 +32,23 @@ def main(argv=None) -> int:
 
     from zero123.app import AppConfig, Zero123App
 
-    app = Zero123App(AppConfig(checkpoint=args.checkpoint, device=args.device, work_dir=Path(tempfile.mkdtemp())))
+    app = Zero123App(AppConfig(checkpoint=args.checkpoint, device=args.device, work_dir=Path(tempfile.mkdtemp()),
+                               scheduler=args.scheduler, steps=args.steps))
+    args.scheduler, args.steps = app.config.sampling()
     app.prepare("bench", str(args.image))
     azimuths = [360.0 * (i + 1) / (args.views + 1) for i in range(args.views)]
     zeros = [0.0] * args.views
     pipe = app.pipeline
 
     def handler():
-        app.views("bench", zeros, azimuths, steps=args.steps)
+        app.views("bench", zeros, azimuths)  # the click: the app's default sampler and steps
 
     def pipeline():
         pipe(str(app.input_path("bench")), zeros, azimuths, zeros, num_inference_steps=args.steps, progress=False,
-             generator=torch.Generator().manual_seed(0))
+             generator=torch.Generator().manual_seed(0), scheduler=args.scheduler)
 
-    res = {"views": args.views, "steps": args.steps, "torch_threads": torch.get_num_threads()}
+    res = {"views": args.views, "scheduler": args.scheduler, "steps": args.steps,
+           "torch_threads": torch.get_num_threads()}
     for name, fn in (("handler", handler), ("pipeline", pipeline)):
         fn()  # warm-up
         times = []

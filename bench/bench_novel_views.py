@@ -6,6 +6,9 @@ sample including the CLIP/VAE encoders and the VAE decode. CUDA events, warm-up,
 
     python bench/bench_novel_views.py --out bench/results/novel_views.json          # on a GPU
     python bench/bench_novel_views.py --tiny --out /tmp/nv.json                      # CPU smoke test
+
+``--sampler dpmpp --sampler-steps 15`` adds the fast variants again with that sampler (``--scheduler``); their
+``mean |diff|`` is against the first variant of the same sampler (the samplers give different images).
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ def main() -> None:
     ap.add_argument("--unet-reps", type=int, default=30)
     ap.add_argument("--compile", action="store_true", help="also try torch.compile (slow to build)")
     ap.add_argument("--skip", nargs="*", default=[], help="skip variants whose name contains one of these")
+    ap.add_argument("--sampler", default=None, choices=["dpmpp", "unipc"], help="also time this sampler")
+    ap.add_argument("--sampler-steps", type=int, default=15)
     ap.add_argument("--out", type=Path, default=Path("bench/results/novel_views.json"))
     args = ap.parse_args()
 
@@ -84,12 +89,21 @@ def main() -> None:
                 dtype=torch.float16, opt=True, graph=True, compile="unet")
             variants["fp16 + 1-token attn + fused QKV + compile(UNet, VAE dec) + CUDA graph"] = dict(
                 dtype=torch.float16, opt=True, graph=True, compile="all", fuse=True)
+        variants["fp16 + channels-last + 1-token attn + fused QKV + CUDA graph (--fast: no compile)"] = dict(
+            dtype=torch.float16, opt=True, graph=True, fuse=True)
     else:
         variants["naive: fp32 as-is"] = dict(dtype=torch.float32, opt=False, graph=False)
         variants["fp32 + 1-token attn"] = dict(dtype=torch.float32, opt=True, graph=False)
+    if args.sampler:
+        tag = f", {args.sampler} {args.sampler_steps} steps"
+        extra = {}
+        for name, v in variants.items():
+            if v.get("opt") and (device.type != "cuda" or v["dtype"] == torch.float16):
+                extra[name + tag] = dict(v, sched=args.sampler, steps=args.sampler_steps)
+        variants.update(extra)
 
     variants = {k: v for k, v in variants.items() if not any(s in k for s in args.skip) or k.startswith("naive")}
-    rows, ref_images = [], None
+    rows, ref_images = [], {}
     for name, v in variants.items():
         model = copy.deepcopy(base).to(dtype=v["dtype"])
         if v["opt"]:
@@ -106,8 +120,9 @@ def main() -> None:
             pipe.enable_cuda_graph()
 
         def sample():
-            return pipe(image.to(v["dtype"]), elev, azim, num_inference_steps=args.steps, guidance_scale=3.0,
-                        latents=x_t, output_type="pt", progress=False).images
+            return pipe(image.to(v["dtype"]), elev, azim, num_inference_steps=v.get("steps", args.steps),
+                        guidance_scale=3.0, latents=x_t, output_type="pt", progress=False,
+                        scheduler=v.get("sched", "ddim")).images
 
         try:
             t0 = time.perf_counter()
@@ -121,10 +136,11 @@ def main() -> None:
             tt = torch.full((2 * args.views,), 500, device=device)
             unet_fn = (lambda: model.predict_noise(xin, tt, tok, xin))
             unet_ms = timed(lambda: torch.no_grad()(unet_fn)(), 3, args.unet_reps, device)
-            if ref_images is None:
-                ref_images = first.float()
-            err = ((first.float() - ref_images).abs().mean()).item()
-            rows.append(dict(variant=name, sample_ms_median=statistics.median(sample_ms), sample_ms=sample_ms,
+            ref = ref_images.setdefault(v.get("sched", "ddim"), first.float())
+            err = ((first.float() - ref).abs().mean()).item()
+            sched, steps = v.get("sched", "ddim"), v.get("steps", args.steps)
+            rows.append(dict(variant=name, scheduler=sched, steps=steps,
+                             unet_evaluations=steps - 1 if sched == "ddim" else steps, sample_ms_median=statistics.median(sample_ms), sample_ms=sample_ms,
                              unet_forward_ms_median=statistics.median(unet_ms), first_call_s=first_s,
                              mean_abs_diff_vs_naive=err,
                              peak_mem_gib=(torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)))

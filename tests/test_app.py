@@ -158,3 +158,22 @@ def test_missing_gradio_and_bad_options_are_one_line_errors(monkeypatch, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("zero123: error:") for line in err)
     assert "zero123[web]" in err[0] and "--port" in err[1] and "not found" in err[2]
+
+
+def test_views_sampler_defaults_and_choice(app, photo):
+    """The bundled model's app default is the cheaper sampler; a checkpoint keeps DDIM 50; the click's scheduler is
+    the one the pipeline runs (same pixels as the pipeline with it, not DDIM's)."""
+    from zero123.app import BUNDLED_SAMPLING
+
+    assert AppConfig().sampling() == BUNDLED_SAMPLING and BUNDLED_SAMPLING[0] in ("dpmpp", "unipc")
+    assert app.config.sampling() == ("ddim", 50)
+    assert AppConfig(scheduler="unipc", steps=12).sampling() == ("unipc", 12)
+    app.prepare("carol", photo)
+    res = app.views("carol", [0.0], [90.0], steps=3, seed=1, scheduler="unipc")
+    ref = {s: np.asarray(app.pipeline(str(app.input_path("carol")), [0.0], [90.0], [0.0], num_inference_steps=3,
+                                      generator=torch.Generator().manual_seed(1), progress=False,
+                                      scheduler=s).images[0]) for s in ("unipc", "ddim")}
+    got = np.asarray(Image.open(res.images[0]))
+    assert np.array_equal(got, ref["unipc"]) and not np.array_equal(got, ref["ddim"])
+    with pytest.raises(Zero123Error, match="scheduler must be one of"):
+        app.views("carol", [0.0], [90.0], steps=3, scheduler="euler")

@@ -66,6 +66,24 @@ class AppConfig:
     max_pixels: int = 36_000_000
     session_max_age_s: float = 6 * 3600.0
     max_views: int = 16
+    scheduler: Optional[str] = None           # views sampler; None: BUNDLED_SAMPLING for the bundled model, else ddim
+    steps: Optional[int] = None               # views steps; None: as scheduler
+
+    def sampling(self) -> tuple[str, int]:
+        """The views click's default ``(scheduler, steps)``: the bundled model's cheaper ``BUNDLED_SAMPLING``
+        (its DDIM-50 quality in fewer UNet calls: ``bench/RESULTS.md``, sampler table), DDIM 50 for a checkpoint
+        (not measured there); ``scheduler`` / ``steps`` override (another scheduler than the default: 50 steps)."""
+        from .schedulers import check_sampler
+
+        sched, steps = BUNDLED_SAMPLING if self.checkpoint is None else ("ddim", 50)
+        if self.scheduler is not None and self.scheduler != sched:
+            sched, steps = check_sampler(self.scheduler), 50
+        return sched, int(self.steps or steps)
+
+
+#: the bundled model's default views sampling in the app: ``zero123 eval`` on its standard pairs matches DDIM 50
+#: within standard error at this scheduler and step count (``bench/bench_samplers.py``, ``bench/RESULTS.md``)
+BUNDLED_SAMPLING = ("dpmpp", 10)
 
 
 @dataclass
@@ -254,13 +272,15 @@ class Zero123App:
             raise Zero123Error(f"number of views must be 1..{self.config.max_views}, got {n}")
         return [float(elevation)] * n, [360.0 * (i + 1) / (n + 1) for i in range(n)]
 
-    def views(self, session: str, elevations, azimuths, radius: float = 0.0, *, steps: int = 50,
+    def views(self, session: str, elevations, azimuths, radius: float = 0.0, *, steps: int | None = None,
               guidance_scale: float = 3.0, seed: int = 0, noise_scale: float | None = None,
-              input_elevation: float | None = None) -> ViewsResult:
-        """Novel views of the session's input; a fresh ``views/`` folder each call (view_NN.png, grid.png)."""
+              input_elevation: float | None = None, scheduler: str | None = None) -> ViewsResult:
+        """Novel views of the session's input; a fresh ``views/`` folder each call (view_NN.png, grid.png).
+        ``scheduler`` / ``steps``: ``None`` takes ``AppConfig.sampling()``'s."""
         import torch
 
         from .pipelines.zero123_pipeline import check_noise_scale
+        from .schedulers import make_sampler
         from .utils.atomic import atomic_folder, atomic_save_image
         from .utils.images import save_image_grid
 
@@ -268,13 +288,17 @@ class Zero123App:
         if len(azimuths) > self.config.max_views:
             raise Zero123Error(f"at most {self.config.max_views} views at once, got {len(azimuths)}")
         tau = None if noise_scale is None else check_noise_scale(float(noise_scale))
+        default_sched, default_steps = self.config.sampling()
+        scheduler, steps = scheduler or default_sched, default_steps if steps is None else int(steps)
+        make_sampler(scheduler, steps)  # one-line error for a bad scheduler / steps, before the model
         pipe = self.pipeline
         radii = [float(radius)] * len(azimuths)
         pipe.camera_batch(elevations, azimuths, radii, input_elevation)  # validate before sampling
         with self._Job(self):
             out = pipe(str(src), elevations, azimuths, radii, input_elevation=input_elevation,
                        num_inference_steps=int(steps), guidance_scale=float(guidance_scale),
-                       generator=torch.Generator("cpu").manual_seed(int(seed)), noise_scale=tau, progress=False)
+                       generator=torch.Generator("cpu").manual_seed(int(seed)), noise_scale=tau, progress=False,
+                       scheduler=scheduler)
         final = self.session_dir(session) / "views"
         with atomic_folder(final) as tmp:  # a fresh views/ each call, never mixed with the last one's
             for i, im in enumerate(out.images):
@@ -477,7 +501,9 @@ def build_app(config: AppConfig | None = None, app: Zero123App | None = None):
                 d_rad = gr.Slider(-0.5, 0.5, value=0, step=0.05, label="Radius change")
             with gr.Row():
                 n_orbit = gr.Slider(1, cfg.max_views, value=4, step=1, label="Orbit views", elem_id="n_orbit")
-                v_steps = gr.Slider(2, 200, value=50, step=1, label="Steps", elem_id="view_steps")
+                v_sched = gr.Dropdown(["ddim", "dpmpp", "unipc"], value=cfg.sampling()[0], label="Sampler",
+                                      elem_id="view_sampler")
+                v_steps = gr.Slider(2, 200, value=cfg.sampling()[1], step=1, label="Steps", elem_id="view_steps")
                 v_cfg = gr.Slider(0, 10, value=3.0, step=0.1, label="Guidance")
                 v_seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
                 v_tau = gr.Slider(0, 1, value=app._pipe.noise_scale if app._pipe else 1.0, step=0.05,
@@ -488,21 +514,21 @@ def build_app(config: AppConfig | None = None, app: Zero123App | None = None):
             gallery = gr.Gallery(label="Views", columns=4, elem_id="gallery")
             grid_file = gr.File(label="Grid", elem_id="grid_file")
 
-            def _views(session, elevs, azims, r, steps, g, seed, tau, ie):
+            def _views(session, elevs, azims, r, steps, g, seed, tau, ie, sched):
                 res = app.views(session, elevs, azims, r, steps=steps, guidance_scale=g, seed=int(seed or 0),
-                                noise_scale=tau, input_elevation=opt_float(ie))
+                                noise_scale=tau, input_elevation=opt_float(ie), scheduler=sched)
                 return [str(p) for p in res.images], str(res.grid)
 
             @user_errors
-            def on_one(e, a, r, steps, g, seed, tau, ie, request: gr.Request):
-                return _views(_session_id(request), [e], [a], r, steps, g, seed, tau, ie)
+            def on_one(e, a, r, steps, g, seed, tau, ie, sched, request: gr.Request):
+                return _views(_session_id(request), [e], [a], r, steps, g, seed, tau, ie, sched)
 
             @user_errors
-            def on_orbit(n, e, r, steps, g, seed, tau, ie, request: gr.Request):
+            def on_orbit(n, e, r, steps, g, seed, tau, ie, sched, request: gr.Request):
                 elevs, azims = app.orbit(n, e)
-                return _views(_session_id(request), elevs, azims, r, steps, g, seed, tau, ie)
+                return _views(_session_id(request), elevs, azims, r, steps, g, seed, tau, ie, sched)
 
-            common = [v_steps, v_cfg, v_seed, v_tau, input_elev]
+            common = [v_steps, v_cfg, v_seed, v_tau, input_elev, v_sched]
             one_btn.click(on_one, [d_elev, d_azim, d_rad] + common, [gallery, grid_file],
                           concurrency_id=MODEL_QUEUE, concurrency_limit=1, api_name="views")
             orbit_btn.click(on_orbit, [n_orbit, d_elev, d_rad] + common, [gallery, grid_file],

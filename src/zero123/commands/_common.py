@@ -86,8 +86,13 @@ def add_original_config_option(p) -> None:
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
-    """DDIM sampling options shared by ``views`` and ``eval``."""
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    """Sampling options shared by ``views`` and ``eval``."""
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50; with ddim, S steps run S-1 "
+                   "UNet evaluations, with dpmpp / unipc S)")
+    p.add_argument("--scheduler", choices=["ddim", "dpmpp", "unipc"], default="ddim",
+                   help="sampler: ddim (default, the original's), dpmpp (DPM-Solver++ 2M) or unipc (UniPC bh2), "
+                        "diffusers' multistep solvers on the same noise schedule: 50-step DDIM's quality in fewer "
+                        "steps (bench/RESULTS.md); they are deterministic (no --eta) and ignore --timestep-spacing")
     p.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3.0)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic; zero123's demo uses 1)")
     p.add_argument("--noise-scale", type=float, default=None, metavar="TAU",
@@ -95,7 +100,7 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
                         "one, with less texture detail (default: the model folder's sampling.json, else 1; the "
                         "bundled model's is 0.5)")
     p.add_argument("--timestep-spacing", choices=["zero123", "diffusers"], default="zero123",
-                   help="DDIM timesteps: zero123 (the original DDIMSampler's: S steps visit S-1 timesteps, the "
+                   help="DDIM's timesteps: zero123 (the original DDIMSampler's: S steps visit S-1 timesteps, the "
                         "largest dropped) or diffusers (the community Zero1to3 pipeline's DDIMScheduler: S timesteps "
                         "from 1 + (S-1)*(1000//S), 981 for 50). Default zero123")
 

@@ -50,8 +50,11 @@ def run(args) -> int:
     from ..evaluation.runner import evaluate, pipeline_predictor, select_pairs, vae_roundtrip
     from ..pipelines.zero123_pipeline import check_noise_scale
 
+    from ..schedulers import make_sampler
+
     if args.steps < 2:
         raise Zero123Error(f"--steps must be >= 2, got {args.steps}")
+    make_sampler(args.scheduler, args.steps, args.eta)  # one-line error for --eta with dpmpp / unipc
     if args.samples < 1:
         raise Zero123Error(f"--samples must be >= 1, got {args.samples}")
     if args.noise_scale is not None:
@@ -73,13 +76,14 @@ def run(args) -> int:
         size = args.image_size or pipe.model.image_size
         if args.noise_scale is not None:
             pipe.noise_scale = args.noise_scale
-        pipe.timestep_spacing = args.timestep_spacing
+        pipe.timestep_spacing, pipe.scheduler = args.timestep_spacing, args.scheduler
         predict = pipeline_predictor(pipe, args.steps, args.guidance_scale, args.seed, args.eta, args.samples)
         autoencode = vae_roundtrip(pipe.model)
         name = Path(ckpt).name if ckpt else "bundled"
         if args.samples > 1:
             name += f" (mean of {args.samples} samples)"
-        settings = {"checkpoint": ckpt or "bundled", "variant": pipe.model.variant.value, "steps": args.steps,
+        settings = {"checkpoint": ckpt or "bundled", "variant": pipe.model.variant.value,
+                    "scheduler": pipe.scheduler, "steps": args.steps,
                     "guidance_scale": args.guidance_scale, "eta": args.eta, "noise_scale": pipe.noise_scale,
                     "timestep_spacing": pipe.timestep_spacing,
                     "samples_per_view": args.samples,

@@ -40,7 +40,14 @@ def add_parser(sub, name, summary):
     add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true",
-                   help="GPU fast path: compiled UNet + one CUDA graph per sampling loop (first call ~1 min)")
+                   help="GPU: the exact speed-ups that cost nothing to set up (single-token cross-attention "
+                        "shortcut, fused QKV projections, channels-last); no compilation, and no CUDA graph for a "
+                        "one-off call (a capture costs about two sampling loops: it pays only for a batch shape "
+                        "sampled 3+ times: 17+ views, sampled 8 at a time). See also --compile")
+    p.add_argument("--compile", action="store_true",
+                   help="GPU: --fast and also torch.compile the UNet and VAE decoder, cached on disk "
+                        "(~/.cache/zero123/torchinductor or $TORCHINDUCTOR_CACHE_DIR): about a minute the first "
+                        "time, then seconds; pays for many views, or in a warm process (zero123 app --fast)")
     p.add_argument("--no-recentre", action="store_true",
                    help="use the image as is (already centred on white at the model's size)")
     add_foreground_options(p)
@@ -63,6 +70,7 @@ def run(args) -> int:
     import torch
 
     from ..pipelines.zero123_pipeline import check_noise_scale
+    from ..schedulers import make_sampler
     from ..preprocessing import load_image
     from ..utils.atomic import atomic_folder
     from ..utils.outputs import VIEWS_OUTPUTS, check_output_dir
@@ -71,6 +79,7 @@ def run(args) -> int:
     image = load_image(args.image)  # before loading the model
     foreground = foreground_kwargs(args, image) if not args.no_recentre else {}
     tau = None if args.noise_scale is None else check_noise_scale(args.noise_scale)
+    make_sampler(args.scheduler, args.steps, args.eta)  # one-line error for bad steps / eta before loading
     device, dtype = resolve_device_dtype(args)
     n = max(len(args.azimuth), len(args.elevation), len(args.radius))
     elevations = _broadcast(args.elevation, n, "elevation")
@@ -89,16 +98,16 @@ def run(args) -> int:
     pipe.camera_batch(elevations, azimuths, radii, input_elevation)  # validate cameras before sampling
     if tau is not None:
         pipe.noise_scale = tau
-    pipe.timestep_spacing = args.timestep_spacing
-    if args.fast:
-        pipe.enable_fast_path()
+    pipe.timestep_spacing, pipe.scheduler = args.timestep_spacing, args.scheduler
+    if args.fast or args.compile:
+        pipe.enable_fast_path(compile=args.compile, capture_after=2)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     out = pipe(image if prepared is None else prepared, elevations, azimuths, radii, input_elevation=input_elevation,
                num_inference_steps=args.steps, guidance_scale=args.guidance_scale, eta=args.eta,
                generator=generator, recentre=not args.no_recentre, progress=True, **foreground)
     out_dir = Path(args.out).expanduser()
     meta = {"checkpoint": args.checkpoint or "bundled", "variant": pipe.model.variant.value, "seed": args.seed,
-            "steps": args.steps, "guidance_scale": args.guidance_scale, "eta": args.eta,
+            "scheduler": pipe.scheduler, "steps": args.steps, "guidance_scale": args.guidance_scale, "eta": args.eta,
             "noise_scale": pipe.noise_scale, "timestep_spacing": pipe.timestep_spacing,
             "input_elevation": input_elevation,
             "input_elevation_source": "estimated" if estimate else ("given" if args.input_elevation is not None

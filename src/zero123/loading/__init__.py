@@ -148,9 +148,11 @@ def load_diffusers_folder(folder, variant=None, dtype=None, device=None, weights
         model = _build_empty(config)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{folder}: component configs do not describe a Zero123 model ({exc})") from None
+    # a CUDA target reads the weights straight onto the GPU (``_finish`` then moves only the buffers)
+    read_dev = device if device is not None and torch.device(device).type == "cuda" else "cpu"
     for part, module in (("unet", model.unet), ("vae", model.vae), ("image_encoder", model.image_encoder)):
-        _assign_weights(module, dequantize_state_dict(read_state_dict(files[part][0])), part, str(folder))
-    cc = dequantize_state_dict(read_state_dict(files[proj_dir.name][0]))
+        _assign_weights(module, dequantize_state_dict(read_state_dict(files[part][0], read_dev)), part, str(folder))
+    cc = dequantize_state_dict(read_state_dict(files[proj_dir.name][0], read_dev))
     cc = {"projection." + k[len(proj_prefix):] if k.startswith(proj_prefix) else k: v for k, v in cc.items()}
     _assign_weights(model.camera_projection, cc, proj_dir.name, str(folder))
     if model.unet.config.in_channels != 2 * model.vae.config.latent_channels:

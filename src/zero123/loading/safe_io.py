@@ -67,8 +67,10 @@ def _check_torch_file(path: Path) -> None:
                           "is it the right file, completely downloaded?")
 
 
-def read_checkpoint_file(path: str | os.PathLike) -> dict:
-    """The top-level object of a ``.ckpt``/``.pt``/``.bin`` or ``.safetensors`` file, loaded on the CPU.
+def read_checkpoint_file(path: str | os.PathLike, device="cpu") -> dict:
+    """The top-level object of a ``.ckpt``/``.pt``/``.bin`` or ``.safetensors`` file, its tensors on ``device``
+    (default the CPU; a CUDA device reads a safetensors file's tensors straight to the GPU, without a CPU copy of
+    the whole model on the way).
 
     Safetensors files give ``{key: tensor}``; pickles give whatever dict they hold (usually with ``state_dict``).
     """
@@ -79,14 +81,14 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path), device="cpu")
+            return load_file(str(path), device=str(device))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt): "
                                   f"{str(exc).splitlines()[0]}") from None
     _check_torch_file(path)
     try:
         with torch.serialization.safe_globals(_plain_globals()):
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            obj = torch.load(str(path), map_location=device, weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         detail = next((ln.strip().rstrip(".") for ln in msg.splitlines()
@@ -119,6 +121,6 @@ def extract_state_dict(obj: dict, path: str | os.PathLike = "checkpoint") -> dic
     return tensors
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file, safely (see module docstring)."""
-    return extract_state_dict(read_checkpoint_file(path), path)
+def read_state_dict(path: str | os.PathLike, device="cpu") -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, safely (see module docstring), on ``device`` (see ``read_checkpoint_file``)."""
+    return extract_state_dict(read_checkpoint_file(path, device), path)

@@ -11,6 +11,11 @@ Camera changes are relative to the input view: ``elevations`` / ``azimuths`` in 
 instead (its ``DDIMScheduler``: S timesteps from ``1 + (S-1) * (1000 // S)``, 981 for 50), so that the same folder,
 start noise and settings give that pipeline's sample.
 
+``scheduler="dpmpp"`` / ``"unipc"`` samples with diffusers' DPM-Solver++ / UniPC multistep solvers instead
+(``zero123.schedulers.MultistepSampler``: the models' own noise schedule, S steps = S UNet evaluations from
+t = 999 down to the clean sample, deterministic): DDIM-50's quality in fewer steps (``bench/RESULTS.md``).
+Classifier-free guidance stays one batched UNet call per step whichever the scheduler.
+
 ``noise_scale`` (tau, in [0, 1]) draws the start noise from ``N(0, tau^2 I)`` instead of ``N(0, I)``: low-temperature
 sampling, which trades sample diversity (and fine texture) for views nearer the model's most likely one. 1 is the
 standard sampler, and the default for every checkpoint except where its folder's ``sampling.json`` recommends
@@ -35,7 +40,7 @@ from tqdm.auto import tqdm
 from ..camera import ConditioningVariant, check_elevation
 from ..errors import Zero123Error
 from ..preprocessing import PreparedImage, prepare_input_image, tensor_to_images
-from ..schedulers import DDIMSampler, check_timestep_spacing
+from ..schedulers import check_sampler, check_timestep_spacing, make_sampler
 
 #: Camera-change bounds accepted by the pipeline (Zero123 was trained on radius 1.5 .. 2.2).
 MAX_ABS_DELTA_RADIUS = 1.0
@@ -84,12 +89,14 @@ class Zero123PipelineOutput:
 class Zero123Pipeline:
     """Zero123-family novel-view sampler around a ``Zero123Model``."""
 
-    def __init__(self, model, noise_scale: float = 1.0, timestep_spacing: str = "zero123"):
+    def __init__(self, model, noise_scale: float = 1.0, timestep_spacing: str = "zero123", scheduler: str = "ddim"):
         self.model = model
         #: the start-noise scale used when a call gives none (see the module docstring)
         self.noise_scale = check_noise_scale(noise_scale)
         #: the DDIM timesteps used when a call gives none: ``zero123`` (the original's) or ``diffusers``
         self.timestep_spacing = check_timestep_spacing(timestep_spacing)
+        #: the sampler used when a call gives none: ``ddim``, ``dpmpp`` or ``unipc`` (``zero123.schedulers``)
+        self.scheduler = check_sampler(scheduler)
         self._graphed = None  # optional CUDA-graph sampler, see enable_cuda_graph()
 
     # ----- construction ------------------------------------------------------------------------------------
@@ -134,18 +141,23 @@ class Zero123Pipeline:
     def device(self) -> torch.device:
         return self.model.device
 
-    def enable_cuda_graph(self, enabled: bool = True) -> "Zero123Pipeline":
-        """Capture the whole denoising loop in one CUDA graph per (views, steps, guidance, eta) on first use and
-        replay it afterwards (the loop is launch-bound on an H100). No effect on CPU."""
+    def enable_cuda_graph(self, enabled: bool = True, capture_after: int = 0) -> "Zero123Pipeline":
+        """Capture the whole denoising loop in one CUDA graph per (views, steps, guidance, eta) and replay it
+        afterwards (the loop is launch-bound on an H100): captured on first use (``capture_after=0``), or after
+        that many eager runs of the configuration (a capture costs about two loops: see ``graphed_sampler``). DDIM
+        and DPM-Solver++ (UniPC runs eagerly: ``MultistepSampler.graphable``). No effect on CPU."""
         from .graphed_sampler import GraphedSamplerCache
 
-        self._graphed = GraphedSamplerCache(self.model) if enabled and self.device.type == "cuda" else None
+        cuda = enabled and self.device.type == "cuda"
+        self._graphed = GraphedSamplerCache(self.model, capture_after) if cuda else None
         return self
 
-    def enable_fast_path(self, compile: bool = True) -> "Zero123Pipeline":
+    def enable_fast_path(self, compile: bool = True, capture_after: int = 0) -> "Zero123Pipeline":
         """GPU fast path measured in ``bench/RESULTS.md``: channels-last, the exact single-token cross-attention
-        shortcut, fused QKV projections, ``torch.compile`` of the UNet and VAE decoder (about a minute on the first
-        call) and the whole denoising loop as one CUDA graph. On CPU only the exact attention shortcut applies."""
+        shortcut, fused QKV projections, ``torch.compile`` of the UNet and VAE decoder (``compile``: about a
+        minute the first time, seconds once its on-disk cache is warm: ``models.optimizations.compile_cache_dir``)
+        and the whole denoising loop as one CUDA graph (``capture_after``: see ``enable_cuda_graph``). On CPU only
+        the exact attention shortcut applies."""
         from ..models.optimizations import compile_for_inference, fuse_qkv, optimize_for_inference
 
         cuda = self.device.type == "cuda"
@@ -154,7 +166,7 @@ class Zero123Pipeline:
             fuse_qkv(self.model)
             if compile:
                 compile_for_inference(self.model)
-        return self.enable_cuda_graph(cuda)
+        return self.enable_cuda_graph(cuda, capture_after)
 
     # ----- inputs ------------------------------------------------------------------------------------------
     def prepare_image(self, image, matting=None, recentre: bool = True, *, matting_model=None, mask=None,
@@ -203,7 +215,8 @@ class Zero123Pipeline:
                  eta: float = 0.0, generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
                  output_type: str = "pil", batch_size: int = 8, matting=None, recentre: bool = True,
                  progress: bool = True, noise_scale: float | None = None, *, matting_model=None, mask=None,
-                 segmentation: str = "auto", timestep_spacing: str | None = None) -> Zero123PipelineOutput:
+                 segmentation: str = "auto", timestep_spacing: str | None = None,
+                 scheduler: str | None = None) -> Zero123PipelineOutput:
         """Sample one view per (elevation, azimuth, radius) change of ``image``.
 
         ``image``: path, PIL image, or a tensor ``[1,3,H,W]`` in [-1,1] already at the model's size (used as is).
@@ -213,7 +226,8 @@ class Zero123Pipeline:
         path or callable; older name ``matting``): the input's foreground, see ``zero123.preprocessing``.
         ``input_elevation``: degrees, ``None`` (5 for Stable Zero123, else 0) or ``"auto"`` (estimated, see the
         module docstring).
-        ``timestep_spacing``: ``zero123`` or ``diffusers`` (module docstring); ``None``: the pipeline's.
+        ``timestep_spacing``: ``zero123`` or ``diffusers`` (module docstring; DDIM only); ``None``: the pipeline's.
+        ``scheduler``: ``ddim``, ``dpmpp`` or ``unipc`` (module docstring); ``None``: the pipeline's.
         """
         from ..elevation import estimate_input_elevation, is_auto
 
@@ -221,6 +235,8 @@ class Zero123Pipeline:
             raise Zero123Error(f"output_type must be 'pil' or 'pt', got {output_type!r}")
         noise_scale = self.noise_scale if noise_scale is None else check_noise_scale(noise_scale)
         spacing = check_timestep_spacing(timestep_spacing or self.timestep_spacing)
+        scheduler = check_sampler(scheduler or self.scheduler)
+        num_loop_steps = len(make_sampler(scheduler, num_inference_steps, eta, spacing=spacing))  # checks too
         auto = is_auto(input_elevation)
         if isinstance(input_elevation, str) and not auto:
             raise Zero123Error(f"input elevation must be degrees or 'auto', got {input_elevation!r}")
@@ -242,7 +258,7 @@ class Zero123Pipeline:
         clip_emb, concat = self.model.clip_embedding(images), self.model.concat_latent(images)
         n = camera.shape[0]
         num_batches = -(-n // batch_size)  # the bar advances once per denoising step of each batch
-        bar = tqdm(total=num_batches * len(DDIMSampler(num_inference_steps, eta, spacing=spacing)),
+        bar = tqdm(total=num_batches * num_loop_steps,
                    desc="sampling views",
                    unit="step", disable=not progress, leave=False)
         for start in range(0, n, batch_size):
@@ -250,7 +266,7 @@ class Zero123Pipeline:
             x_t = None if latents is None else latents[sl]
             out = self.sample(None, camera[sl], num_inference_steps, guidance_scale, eta, generator, x_t,
                               clip_embedding=clip_emb, concat_latent=concat, progress_bar=bar,
-                              noise_scale=noise_scale, timestep_spacing=spacing)
+                              noise_scale=noise_scale, timestep_spacing=spacing, scheduler=scheduler)
             all_latents.append(out)
             results.append(((self.model.decode_latents(out).float() + 1) / 2).clamp(0, 1))
         bar.close()
@@ -263,10 +279,14 @@ class Zero123Pipeline:
     def sample(self, images: torch.Tensor | None, camera: torch.Tensor, num_inference_steps: int = 50,
                guidance_scale: float = 3.0, eta: float = 0.0, generator: torch.Generator | None = None,
                latents: torch.Tensor | None = None, clip_embedding=None, concat_latent=None,
-               progress_bar=None, noise_scale: float = 1.0, timestep_spacing: str = "zero123") -> torch.Tensor:
+               progress_bar=None, noise_scale: float = 1.0, timestep_spacing: str = "zero123",
+               scheduler: str = "ddim") -> torch.Tensor:
         """The denoising loop: scaled latents ``[N,4,h,w]`` for camera ``[N,4]`` and input ``images`` ``[1|N,3,H,W]``
         (or precomputed ``clip_embedding`` / ``concat_latent``). Start noise ``latents`` (as given) or drawn from
-        ``generator`` and multiplied by ``noise_scale``. ``timestep_spacing``: ``zero123`` or ``diffusers``."""
+        ``generator`` and multiplied by ``noise_scale``. ``timestep_spacing``: ``zero123`` or ``diffusers`` (DDIM);
+        ``scheduler``: ``ddim``, ``dpmpp`` or ``unipc`` (each on ``zero123.schedulers.alphas_cumprod()``, the
+        schedule every Zero123 checkpoint is checked against when it loads). One
+        ``guided_noise`` call (one UNet pass on the ``[uncond; cond]`` batch) per step."""
         model = self.model
         token, concat = model.conditioning(images, camera.to(self.device), clip_embedding, concat_latent)
         n, h = camera.shape[0], model.unet.config.sample_size
@@ -277,16 +297,18 @@ class Zero123Pipeline:
         elif tuple(latents.shape) != shape:
             raise Zero123Error(f"latents have shape {tuple(latents.shape)}, expected {shape}")
         x = latents.to(self.device, torch.float32)
-        sampler = DDIMSampler(num_inference_steps, eta, spacing=check_timestep_spacing(timestep_spacing))
+        sampler = make_sampler(scheduler, num_inference_steps, eta, spacing=check_timestep_spacing(timestep_spacing))
         noises = None
         if eta > 0:
             noises = torch.randn((len(sampler),) + shape, generator=generator,
                                  device=_gen_device(generator, self.device)).to(self.device)
-        if self._graphed is not None:
-            x = self._graphed.run(sampler, x, token, concat, guidance_scale, noises)
+        graphed = None
+        if self._graphed is not None and sampler.graphable:
+            graphed = self._graphed.run(sampler, x, token, concat, guidance_scale, noises)  # None: run eagerly
+        if graphed is not None:
             if progress_bar is not None:
                 progress_bar.update(len(sampler))
-            return x
+            return graphed
         for i, t in enumerate(sampler.timesteps.tolist()):
             eps = model.guided_noise(x.to(model.dtype), torch.full((n,), t, device=self.device), token, concat,
                                      guidance_scale).float()
