@@ -85,7 +85,7 @@ def export_results(trainer: ImageTo3DTrainer, out_dir: Path, result: ImageTo3DRe
     from ..export import bake_texture, image_grid, vertex_colors
     from ..export.writers import write_gif, write_glb, write_mp4, write_obj, write_ply, write_png
 
-    cfg, ex, rc = trainer.cfg, trainer.cfg.export, trainer.cfg.reference
+    ex, rc = trainer.cfg.export, trainer.cfg.reference
     rep = trainer.representation
     t0 = time.perf_counter()
     mesh = rep.extract_mesh(ex.mesh)

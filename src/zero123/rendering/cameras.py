@@ -9,7 +9,7 @@ degrees, distances world units. Pixel ``(row i, col j)`` of an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +36,15 @@ class Cameras:
     def __len__(self) -> int:
         return self.c2w.shape[0]
 
+    def _map(self, fn) -> "Cameras":
+        return Cameras(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
     def to(self, device) -> "Cameras":
-        return Cameras(*(getattr(self, k).to(device) for k in
-                         ("c2w", "elevation", "azimuth", "radius", "fovy", "light_positions")))
+        return self._map(lambda t: t.to(device))
+
+    def __getitem__(self, index: slice) -> "Cameras":
+        """The cameras ``index`` (a slice) of the batch."""
+        return self._map(lambda t: t[index])
 
 
 def orbit_cameras(elevation, azimuth, radius, fovy, light_positions=None) -> Cameras:

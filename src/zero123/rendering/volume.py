@@ -406,9 +406,7 @@ def render_chunked(field, cameras: Cameras, height: int, width: int | None = Non
     """No-grad rendering of many cameras, ``max_images`` at a time (videos, previews). Images only."""
     outs = []
     for i in range(0, len(cameras), max_images):
-        sub = Cameras(*(getattr(cameras, k)[i:i + max_images] for k in
-                        ("c2w", "elevation", "azimuth", "radius", "fovy", "light_positions")))
-        o = render(field, sub, height, width, stratified=False, **kwargs)
+        o = render(field, cameras[i:i + max_images], height, width, stratified=False, **kwargs)
         outs.append(o)
     cat = lambda name: None if getattr(outs[0], name) is None else torch.cat([getattr(o, name) for o in outs])
     e = torch.zeros(0)

@@ -20,7 +20,6 @@ baked from :meth:`albedo`.
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 from typing import ClassVar, Dict, Optional
 
 import torch
@@ -120,7 +119,7 @@ class GaussianRepresentation(Representation):
         bg = bg.reshape(-1, 3)
         outs = []
         for i in range(0, len(cameras), max_images):
-            sub = Cameras(**{f.name: getattr(cameras, f.name)[i:i + max_images] for f in fields(Cameras)})
+            sub = cameras[i:i + max_images]
             sub_bg = bg[i:i + len(sub)] if len(bg) == len(cameras) else bg.expand(len(sub), 3)
             outs.append(self.render(sub, resolution, background=sub_bg, **kwargs))
         normals = None if outs[0].comp_normal is None else torch.cat([o.comp_normal for o in outs])
