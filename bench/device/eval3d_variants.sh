@@ -12,7 +12,7 @@
 # every config, so whatever the time allows, each config has finished the same objects first.
 # Knobs (environment): N objects (20), SHARDS processes per model config (4), GT_SHARDS processes for the
 # gt_views/extrude/sphere rows of the base (2), GT_STEPS of the gt_views reconstruction (100), T_EVAL seconds for
-# the processes (460), ONLY (space-separated config names to run; default all lines), VARIANTS_FILE, DEVICE
+# the processes (480), ONLY (space-separated config names to run; default all lines), VARIANTS_FILE, DEVICE
 # (cuda), VIEWS per object (8), SIZE of the renders (128), CHECKPOINT (bundled), EXTRA (options for every process).
 # CPU check with tiny settings (about 3 minutes on 2 cores):
 #   OUT=/tmp/o N=2 SHARDS=1 GT_SHARDS=1 GT_STEPS=20 DEVICE=cpu VIEWS=2 SIZE=32 T_EVAL=300 \
@@ -22,7 +22,7 @@ set -uo pipefail
 # shellcheck source=bench/device/env.sh
 . bench/device/env.sh
 : "${OUT:?set OUT}"
-N=${N:-20} SHARDS=${SHARDS:-4} GT_SHARDS=${GT_SHARDS:-2} GT_STEPS=${GT_STEPS:-100} T_EVAL=${T_EVAL:-460}
+N=${N:-20} SHARDS=${SHARDS:-4} GT_SHARDS=${GT_SHARDS:-2} GT_STEPS=${GT_STEPS:-100} T_EVAL=${T_EVAL:-480}
 DEVICE=${DEVICE:-cuda} VIEWS=${VIEWS:-8} SIZE=${SIZE:-128} EXTRA=${EXTRA:-} ONLY=${ONLY:-}
 VARIANTS_FILE=${VARIANTS_FILE:-bench/device/eval3d_variants.txt}
 WORK=${WORK:-/tmp/eval3d_variants_work}

@@ -12,7 +12,8 @@ For each held-out object of a ``zero123 render-dataset`` folder:
   ``input_elevation`` (default 10 degrees), azimuth ``input_azimuth`` (default 0), distance ``input_distance``
   (2.0), the dataset's field of view, size and light. None of the held-out views is this camera.
 * **Rows.** ``model``: :func:`zero123.pipelines.image_to_3d.to3d` on the input view (told its elevation) with the
-  preset; its ``model.ply`` is in the export frame (front toward +Z, :mod:`zero123.camera`), mapped back into
+  preset, ``config_file`` and ``overrides`` on top (``--config`` / ``--set``; its texture, turntable and preview
+  at the tiny preset's sizes, which the scored mesh does not depend on); its ``model.ply`` is in the export frame (front toward +Z, :mod:`zero123.camera`), mapped back into
   the ground truth's world with the input camera's azimuth. ``gt_views``: the 3D stage's upper bound,
   :func:`zero123.evaluation.mesh_reconstruction.reconstruct_mesh` from many ground-truth renders.
   ``extrude``: the input silhouette extruded along the viewing axis (orthographically, in the plane through the
@@ -397,7 +398,13 @@ def _model_mesh(model, input_rgba: np.ndarray, cfg: Eval3DConfig, out_dir: Path)
 
     from ..pipelines.image_to_3d import to3d
 
-    res = to3d(Image.fromarray(input_rgba, "RGBA"), out_dir=out_dir, config=cfg.to3d_config(model.device),
+    config = cfg.to3d_config(model.device)
+    # the row scores model.ply only (its mesh and vertex colours): the texture, turntable, preview and mid-run
+    # checkpoints, which do not change it, are made as small and as few as the tiny preset's
+    ex = config.export
+    ex.texture_size, ex.video_frames, ex.video_size, ex.gif_frames, ex.gif_size, ex.preview_size = 64, 4, 32, 4, 32, 32
+    config.checkpoint_every = config.steps
+    res = to3d(Image.fromarray(input_rgba, "RGBA"), out_dir=out_dir, config=config,
                seed=cfg.seed, input_elevation=cfg.input_elevation, progress=False, model=model,
                representation=cfg.representation)
     return load_result_mesh(res.ply, cfg.input_azimuth)
