@@ -123,11 +123,12 @@ def test_auto_picks_the_bundled_preset_for_the_bundled_model_on_a_gpu_only():
         preset_config("bundled", representation="gaussians")
 
 
-def test_is_bundled_model_and_the_to3d_cli_auto_preset(tmp_path, capsys):
+def test_is_bundled_model_and_the_to3d_cli_auto_preset(tmp_path, capsys, fixtures_dir):
     from zero123.cli import main
-    from zero123.loading import bundled_model_path, is_bundled_model
+    from zero123.loading import bundled_model_path, is_bundled_model, load_model
 
     assert is_bundled_model(None) and is_bundled_model(bundled_model_path())
+    assert load_model(fixtures_dir / "tiny_zero123_ldm.ckpt").bundled is False
     assert is_bundled_model(str(bundled_model_path()) + "/") and not is_bundled_model(tmp_path)
     img = tmp_path / "x.png"
     __import__("PIL.Image").Image.new("RGBA", (8, 8)).save(img)
