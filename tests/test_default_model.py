@@ -35,6 +35,7 @@ def test_bundled_model_is_the_documented_small_model(bundled):
     assert all(torch.isfinite(p).all() for p in bundled.parameters())
     card = (bundled_model_path() / "README.md").read_text()
     assert "zero123 eval" in card and "PSNR" in card
+    assert bundled.bundled  # load_model marks it: to3d's `--preset auto` picks the `bundled` preset on a GPU by it
 
 
 def test_views_without_checkpoint_uses_the_bundled_model(tmp_path):
@@ -55,6 +56,7 @@ def test_auto_preset_follows_the_device():
     assert auto_preset("cpu") == "cpu" and auto_preset("cuda:0") == "default"
     assert preset_config("auto", device="cpu").preset == "cpu"
     assert preset_config("auto", device="cuda").preset == "default"
+    assert auto_preset("cuda:0", bundled=True) == "bundled" and auto_preset("cpu", bundled=True) == "cpu"
     cpu = preset_config("cpu")
     assert cpu.steps == 200 and cpu.cameras.resolutions == (32, 64)
     assert preset_config("default").steps == 600

@@ -145,3 +145,51 @@ def test_eval_3d_bad_input_is_one_line(dataset, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(e.startswith("zero123: error: ") for e in err)
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_3d_config_overrides_reach_to3d_and_key_the_cache(dataset, fixtures_dir, tmp_path, capsys):
+    """--set goes into the model row's to3d config (and the cache key), --objects picks and orders the objects."""
+    ids = [o.id for o in layout.read_manifest(dataset).objects_in("test")]
+    out = tmp_path / "e3d"
+    args = ["eval-3d", "--data", str(dataset), "--out", str(out), "--preset", "tiny", "--checkpoint",
+            str(fixtures_dir / "tiny_zero123_ldm.ckpt"), "--rows", "model", "--max-views", "1", "--points", "200",
+            "--iou-resolution", "16", "--quiet", "--objects", ids[1]]
+    assert main(args + ["--set", "steps=2", "--set", "sds.guidance_scale=5"]) == 0
+    res = json.loads((out / "eval3d.json").read_text())
+    assert list(res["objects"]) == [ids[1]] and res["settings"]["overrides"] == ["steps=2", "sds.guidance_scale=5"]
+    run = json.loads((out / "objects" / ids[1] / "model" / "result.json").read_text())
+    assert run["steps"] == 2                                         # the tiny preset's own is 4
+    state = torch.load(out / "objects" / ids[1] / "model" / "checkpoints" / "state.pt", weights_only=True)
+    assert state["config"]["sds"]["guidance_scale"] == 5.0
+    # other overrides are another setting: the cached result is not reused for them
+    assert main(args + ["--set", "steps=3", "--cached-only"]) == 0
+    assert json.loads((out / "eval3d.json").read_text())["objects_scored"] == 0
+    # a bad key or object is a one-line error before any work
+    capsys.readouterr()
+    assert main(args[:-1] + ["nope", "--out", str(tmp_path / "o2")]) == 2
+    assert main(args + ["--out", str(tmp_path / "o3"), "--set", "cameras.fov=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "'nope' is not in" in err[0] and "unknown key cameras.fov" in err[1]
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_paired_comparison_on_the_common_objects():
+    from zero123.evaluation.eval3d import paired_comparison
+
+    rng = np.random.default_rng(0)
+    base = {f"o{i}": {"model": {"chamfer": float(c), "iou": float(u)}, "extrude": {"chamfer": 0.2, "iou": 0.1}}
+            for i, (c, u) in enumerate(rng.uniform(0.02, 0.1, (6, 2)))}
+    other = {k: {"model": {"chamfer": v["model"]["chamfer"] - 0.01 * j, "iou": v["model"]["iou"] - 0.02}}
+             for j, (k, v) in enumerate(base.items()) if k != "o5"}
+    other["o4"] = {"model": {"error": "marching cubes found no surface"}}   # failures are left out of the pairs
+    other["extra"] = {"model": {"chamfer": 0.0, "iou": 1.0}}                 # so are objects the base lacks
+    r = paired_comparison(base, other, metrics=("chamfer", "iou"))
+    assert r["n"] == 4 and r["objects"] == ["o0", "o1", "o2", "o3"]
+    d = np.array([-0.01 * j for j in range(4)])
+    assert r["metrics"]["chamfer"]["delta"] == pytest.approx(d.mean())
+    assert r["metrics"]["chamfer"]["se"] == pytest.approx(d.std(ddof=1) / 2)
+    assert r["metrics"]["chamfer"]["wins"] == 3            # lower is better; o0 is a tie
+    assert r["metrics"]["iou"]["delta"] == pytest.approx(-0.02) and r["metrics"]["iou"]["wins"] == 0
+    assert r["metrics"]["iou"]["base"] == pytest.approx(np.mean([base[i]["model"]["iou"] for i in r["objects"]]))
+    vs = paired_comparison(base, base, row="extrude", metrics=("chamfer",))
+    assert vs["n"] == 6 and vs["metrics"]["chamfer"]["wins"] == 6   # every model row beats this extrude

@@ -108,3 +108,32 @@ def test_cli_print_config_and_errors(tmp_path, capsys):
     assert "unknown key cameras.fov" in capsys.readouterr().err
     assert main(["to3d", "nothing.png", "--out", str(out), "--resume", str(out), "--set", "steps=2"]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+# ----- the bundled model's GPU preset and `--preset auto` ------------------------------------------------------
+def test_auto_picks_the_bundled_preset_for_the_bundled_model_on_a_gpu_only():
+    from zero123.errors import Zero123Error
+
+    assert preset_config("auto", device="cuda", bundled=True).preset == "bundled"
+    assert preset_config("auto", device="cuda").preset == "default"             # another checkpoint: the recipe
+    assert preset_config("auto", device="cpu", bundled=True).preset == "cpu"
+    # the Gaussians have no bundled preset: auto keeps theirs, and naming it is a one-line error
+    assert preset_config("auto", device="cuda", bundled=True, representation="gaussians").preset == "default"
+    with pytest.raises(Zero123Error, match="preset bundled is for the NeRF"):
+        preset_config("bundled", representation="gaussians")
+
+
+def test_is_bundled_model_and_the_to3d_cli_auto_preset(tmp_path, capsys, fixtures_dir):
+    from zero123.cli import main
+    from zero123.loading import bundled_model_path, is_bundled_model, load_model
+
+    assert is_bundled_model(None) and is_bundled_model(bundled_model_path())
+    assert load_model(fixtures_dir / "tiny_zero123_ldm.ckpt").bundled is False
+    assert is_bundled_model(str(bundled_model_path()) + "/") and not is_bundled_model(tmp_path)
+    img = tmp_path / "x.png"
+    __import__("PIL.Image").Image.new("RGBA", (8, 8)).save(img)
+    picked = []
+    for extra in ([], ["--checkpoint", str(tmp_path)]):
+        assert main(["to3d", str(img), "--out", str(tmp_path / "o"), "--device", "cuda", "--print-config"] + extra) == 0
+        picked.append(__import__("yaml").safe_load(capsys.readouterr().out)["preset"])
+    assert picked == ["bundled", "default"]

@@ -31,14 +31,22 @@ def add_parser(sub, name, summary):
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="results folder (per-object cache, JSON)")
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="objects (default test)")
     p.add_argument("--max-objects", type=int, default=None, metavar="N", help="only the first N objects")
+    p.add_argument("--objects", default=None, metavar="LIST",
+                   help="comma list of object ids of the split to run, in this order (e.g. one process's part of a "
+                        "list split by hand; --shard splits by id hash)")
     p.add_argument("--rows", default=",".join(_rows()), metavar="LIST",
                    help=f"comma list of rows to run (default {','.join(_rows())})")
     p.add_argument("--preset", default="auto",
-                   help="to3d preset: auto (default; cpu on a CPU), default, fast, cpu, tiny")
+                   help="to3d preset: auto (default; cpu on a CPU, bundled on a GPU for the bundled model, default "
+                        "for a --checkpoint), default, fast, bundled, cpu, tiny")
     p.add_argument("--representation", choices=["nerf", "gaussians"], default="nerf",
                    help="to3d's representation in the model row (default nerf; gaussians: 3D Gaussians on "
                         "DreamGaussian's schedule); results of each go in their own --out")
     p.add_argument("--steps", type=int, default=None, help="override the preset's number of to3d steps")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML/JSON of to3d config keys on top of --preset (as `zero123 to3d --config`)")
+    p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", dest="overrides",
+                   help="one to3d config key on top of --preset and --config (repeatable, as `zero123 to3d --set`)")
     p.add_argument("--gt-views-steps", type=int, default=None, metavar="N",
                    help="steps of the ground-truth-views reconstruction (default 300; 100 with --preset tiny)")
     p.add_argument("--input-elevation", type=float, default=10.0, metavar="DEG",
@@ -74,15 +82,16 @@ def run(args) -> int:
 
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
     cfg = Eval3DConfig(split=args.split, max_objects=args.max_objects, rows=rows, preset=args.preset,
-                       representation=args.representation, steps=args.steps, gt_views_steps=args.gt_views_steps, input_elevation=args.input_elevation,
+                       representation=args.representation, steps=args.steps, gt_views_steps=args.gt_views_steps,
+                       config_file=args.config, overrides=tuple(args.overrides or ()),
+                       input_elevation=args.input_elevation,
                        input_azimuth=args.input_azimuth, input_distance=args.input_distance,
                        max_views=args.max_views, points=args.points, iou_resolution=args.iou_resolution,
                        icp=args.icp, up=args.up, seed=args.seed, shard=args.shard,
+                       objects=tuple(i.strip() for i in args.objects.split(",") if i.strip()) if args.objects else None,
                        cached_only=args.cached_only).validate()
-    if args.preset != "auto":
-        from ..pipelines.image_to_3d_config import preset_config
-
-        preset_config(args.preset, representation=args.representation)  # an unknown preset fails here, first
+    if args.preset != "auto" or cfg.config_file or cfg.overrides:
+        cfg.to3d_config(args.device)  # an unknown preset or a bad config key fails here, first
     lpips = None
     if args.lpips_weights:
         from ..evaluation.metrics import load_lpips

@@ -67,8 +67,9 @@ def add_parser(sub, name, summary):
                         "Default: the small model bundled with zero123")
     add_original_config_option(g)
     g.add_argument("--preset", default="auto", metavar="NAME",
-                   help="image-to-3D preset of `zero123 to3d`: auto (default on a GPU, cpu on a CPU), default (the "
-                        "recipe, 600 steps), fast, cpu, tiny")
+                   help="image-to-3D preset of `zero123 to3d`: auto (on a GPU bundled for the bundled model, "
+                        "default for a --checkpoint; cpu on a CPU), default (the recipe, 600 steps), fast, bundled, "
+                        "cpu, tiny")
     g.add_argument("--steps", type=int, default=None, metavar="N", help="SDS optimisation steps (default: from --preset)")
     g.add_argument("--input-elevation", type=float, default=None, metavar="DEG",
                    help="elevation of the generated image's viewpoint in degrees (default: to3d's, 5)")

@@ -33,9 +33,11 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
                         "default: the bundled model")
     add_original_config_option(p)
     p.add_argument("--out", "-o", required=True, help="output folder")
-    p.add_argument("--preset", choices=["auto", "default", "fast", "cpu", "tiny"], default="auto",
-                   help="auto (default): 'default' on a GPU, 'cpu' on a CPU; default: the recipe (600 steps); "
-                        "fast: 300 steps at lower resolution; cpu: 200 small steps, minutes on a CPU; tiny: smoke tests")
+    p.add_argument("--preset", choices=["auto", "default", "fast", "bundled", "cpu", "tiny"], default="auto",
+                   help="auto (default): on a GPU 'bundled' for the bundled model, 'default' for a --checkpoint; "
+                        "'cpu' on a CPU; default: the recipe (600 steps); fast: 300 steps at lower resolution; "
+                        "bundled: the bundled 128 px model on a GPU; cpu: 200 small steps, minutes on a CPU; "
+                        "tiny: smoke tests")
     p.add_argument("--representation", choices=["nerf", "gaussians"], default=None,
                    help="the 3D representation: nerf (default; the hash-grid NeRF of the recipe) or gaussians (3D "
                         "Gaussian splatting on DreamGaussian's schedule, presets/gaussians/<preset>.yaml)")
@@ -115,13 +117,15 @@ def interrupted_message(exc, command: str) -> str:
 def resolved_config(args):
     """The run's ``ImageTo3DConfig``: --preset, then --config, --set and --steps (checked before any model work)."""
     from ..errors import Zero123Error
+    from ..loading import is_bundled_model
     from ..pipelines.image_to_3d_config import preset_config
 
     if args.resume is not None and (args.config or args.overrides):
         raise Zero123Error("--config and --set do not apply with --resume: a resumed run keeps its saved config "
                            "(only --steps may extend it)")
     return preset_config(args.preset, args.steps, device=args.device, config_file=args.config,
-                         overrides=args.overrides or (), representation=getattr(args, "representation", None))
+                         overrides=args.overrides or (), representation=getattr(args, "representation", None),
+                         bundled=is_bundled_model(args.checkpoint))
 
 
 def config_sets_input_elevation(args) -> bool:

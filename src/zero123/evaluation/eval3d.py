@@ -12,7 +12,8 @@ For each held-out object of a ``zero123 render-dataset`` folder:
   ``input_elevation`` (default 10 degrees), azimuth ``input_azimuth`` (default 0), distance ``input_distance``
   (2.0), the dataset's field of view, size and light. None of the held-out views is this camera.
 * **Rows.** ``model``: :func:`zero123.pipelines.image_to_3d.to3d` on the input view (told its elevation) with the
-  preset; its ``model.ply`` is in the export frame (front toward +Z, :mod:`zero123.camera`), mapped back into
+  preset, ``config_file`` and ``overrides`` on top (``--config`` / ``--set``; its texture, turntable and preview
+  at the tiny preset's sizes, which the scored mesh does not depend on); its ``model.ply`` is in the export frame (front toward +Z, :mod:`zero123.camera`), mapped back into
   the ground truth's world with the input camera's azimuth. ``gt_views``: the 3D stage's upper bound,
   :func:`zero123.evaluation.mesh_reconstruction.reconstruct_mesh` from many ground-truth renders.
   ``extrude``: the input silhouette extruded along the viewing axis (orthographically, in the plane through the
@@ -49,7 +50,7 @@ from ..errors import Zero123Error
 
 __all__ = ["ROWS", "Eval3DConfig", "GroundTruth", "load_ground_truth", "render_input_view", "normalize_unit_cube",
            "shape_metrics", "view_metrics", "load_result_mesh", "extruded_silhouette", "silhouette_sphere",
-           "evaluate_3d", "summarize", "format_table"]
+           "evaluate_3d", "summarize", "paired_comparison", "format_table"]
 
 #: Result rows, in table order.
 ROWS = ("model", "gt_views", "extrude", "sphere")
@@ -70,6 +71,8 @@ class Eval3DConfig:
     preset: str = "auto"
     representation: str = "nerf"         # to3d's representation for the model row: nerf or gaussians
     steps: Optional[int] = None
+    config_file: Optional[str] = None    # to3d config keys on top of the preset (to3d --config)
+    overrides: Tuple[str, ...] = ()      # dotted key=value on top of those (to3d --set)
     seed: int = 0
     points: int = 2000
     iou_resolution: int = 64
@@ -80,6 +83,7 @@ class Eval3DConfig:
     up: str = "y"                        # up axis of mesh-file sources (render-dataset --up)
     gt_views_steps: Optional[int] = None  # reconstruct_mesh steps (default: its config's; 20 for the tiny preset)
     shard: Optional[str] = None          # "K/N": this process's shard of the objects (zero123.data.shards)
+    objects: Optional[Tuple[str, ...]] = None  # only these object ids of the split, in this order
     cached_only: bool = False
 
     def validate(self) -> "Eval3DConfig":
@@ -113,9 +117,22 @@ class Eval3DConfig:
         return self
 
     def cache_key(self) -> dict:
-        """Settings that change an object's numbers (not which objects run)."""
-        skip = {"split", "max_objects", "rows", "shard", "cached_only", "figure_views"}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        """Settings that change an object's numbers (not which objects run); a config file by its content."""
+        skip = {"split", "max_objects", "rows", "shard", "objects", "cached_only", "figure_views"}
+        key = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        if self.config_file is not None:
+            from ..utils.dataclass_config import read_config_file
+
+            key["config_file"] = read_config_file(self.config_file)
+        return key
+
+    def to3d_config(self, device=None, bundled: bool = False):
+        """The model row's :class:`ImageTo3DConfig`: the preset, then ``config_file``, ``overrides``, ``steps``
+        (one-line errors for bad keys, before any work)."""
+        from ..pipelines.image_to_3d_config import preset_config
+
+        return preset_config(self.preset, self.steps, device=device, config_file=self.config_file,
+                             overrides=self.overrides, representation=self.representation, bundled=bundled)
 
 
 # ----- ground truth --------------------------------------------------------------------------------------------
@@ -381,7 +398,13 @@ def _model_mesh(model, input_rgba: np.ndarray, cfg: Eval3DConfig, out_dir: Path)
 
     from ..pipelines.image_to_3d import to3d
 
-    res = to3d(Image.fromarray(input_rgba, "RGBA"), out_dir=out_dir, preset=cfg.preset, steps=cfg.steps,
+    config = cfg.to3d_config(model.device)
+    # the row scores model.ply only (its mesh and vertex colours): the texture, turntable, preview and mid-run
+    # checkpoints, which do not change it, are made as small and as few as the tiny preset's
+    ex = config.export
+    ex.texture_size, ex.video_frames, ex.video_size, ex.gif_frames, ex.gif_size, ex.preview_size = 64, 4, 32, 4, 32, 32
+    config.checkpoint_every = config.steps
+    res = to3d(Image.fromarray(input_rgba, "RGBA"), out_dir=out_dir, config=config,
                seed=cfg.seed, input_elevation=cfg.input_elevation, progress=False, model=model,
                representation=cfg.representation)
     return load_result_mesh(res.ply, cfg.input_azimuth)
@@ -424,6 +447,12 @@ def _select(manifest, cfg: Eval3DConfig):
     objs = manifest.objects_in(cfg.split)
     if not objs:
         raise Zero123Error(f"the dataset has no {cfg.split!r} objects")
+    if cfg.objects is not None:
+        by_id = {o.id: o for o in objs}
+        missing = [i for i in cfg.objects if i not in by_id]
+        if missing:
+            raise Zero123Error(f"object {missing[0]!r} is not in the dataset's {cfg.split!r} split")
+        objs = [by_id[i] for i in cfg.objects]
     if cfg.max_objects is not None:
         objs = objs[:cfg.max_objects]
     if cfg.shard is None:
@@ -486,7 +515,8 @@ def evaluate_3d(root, out_dir, cfg: Optional[Eval3DConfig] = None, *, checkpoint
 
         from ..pipelines.image_to_3d_config import auto_preset
 
-        cfg = replace(cfg, preset=auto_preset(model.device if model is not None else device))
+        cfg = replace(cfg, preset=auto_preset(model.device if model is not None else device,
+                                              bundled=checkpoint is None and cfg.representation == "nerf"))
         key["preset"] = cfg.preset
     per_object: Dict[str, dict] = {}
     bar = tqdm(total=len(objects) * len(cfg.rows), desc="eval-3d", unit="run", disable=not progress)
@@ -556,6 +586,31 @@ def summarize(per_object: Dict[str, dict], rows: Sequence[str]) -> dict:
                 se = float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else 0.0
                 d[k] = {"mean": float(vals.mean()), "se": se}
         out[row] = d
+    return out
+
+
+def paired_comparison(base: Dict[str, dict], other: Dict[str, dict], row: str = "model", other_row: str = "model",
+                      metrics: Sequence[str] = ("chamfer", "iou", "f@0.1", "psnr")) -> dict:
+    """``other``'s ``other_row`` against ``base``'s ``row`` on the objects both scored (``objects`` dicts of two
+    :func:`evaluate_3d` summaries; failed runs left out): per metric the mean of each, the paired difference
+    ``other - base`` with its standard error (:func:`zero123.evaluation.breakdown.paired_difference`) and
+    ``wins``, the objects where ``other`` is strictly better (lower for chamfer and lpips, higher otherwise)."""
+    from .breakdown import paired_difference, wins
+
+    ids = [i for i in base if i in other and "error" not in base[i].get(row, {"error": 1})
+           and "error" not in other[i].get(other_row, {"error": 1})]
+    pairs = [{"base": base[i][row], "other": other[i][other_row]} for i in ids]
+    out = {"n": len(ids), "objects": ids, "metrics": {}}
+    for k in metrics:
+        sel = {"pairs": [p for p in pairs if k in p["base"] and k in p["other"]]}
+        if not sel["pairs"]:
+            continue
+        mean, se = paired_difference(sel, "other", "base", k)
+        lower = k in ("chamfer", "lpips")
+        out["metrics"][k] = {"base": float(np.mean([p["base"][k] for p in sel["pairs"]])),
+                             "other": float(np.mean([p["other"][k] for p in sel["pairs"]])),
+                             "delta": mean, "se": se, "n": len(sel["pairs"]),
+                             "wins": wins(sel, "base", "other", k) if lower else wins(sel, "other", "base", k)}
     return out
 
 

@@ -27,7 +27,7 @@ from .folder_layouts import (KXIC_MODEL_INDEX, META_FILE, cc_projection_config, 
 from .safe_io import read_checkpoint_file, read_state_dict
 
 __all__ = ["load_model", "load_ldm_checkpoint", "load_diffusers_folder", "save_pretrained", "bundled_model_path",
-           "LoadReport", "read_state_dict"]
+           "is_bundled_model", "LoadReport", "read_state_dict"]
 
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default_model"
 COMPONENTS = ("unet", "vae", "image_encoder", "cc_projection")
@@ -48,6 +48,16 @@ class LoadReport:
 
 def bundled_model_path() -> Path:
     return BUNDLED_MODEL_DIR
+
+
+def is_bundled_model(path=None) -> bool:
+    """Whether ``path`` (None: the default) names the bundled model's folder."""
+    if path is None:
+        return True
+    try:
+        return Path(path).expanduser().resolve() == BUNDLED_MODEL_DIR.resolve()
+    except OSError:
+        return False
 
 
 def _assign_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> None:
@@ -199,6 +209,7 @@ def load_model(path=None, variant=None, dtype=None, device=None, use_ema: bool =
     else:
         model, report = load_ldm_checkpoint(path, variant=variant, use_ema=use_ema, dtype=dtype, device=device,
                                             original_config=original_config)
+    model.bundled = is_bundled_model(path)  # to3d's `--preset auto` picks the bundled model's GPU preset by it
     return (model, report) if return_report else model
 
 

@@ -174,8 +174,9 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
             ``turntable.mp4``, ``turntable.gif``, ``preview.png``, ``input_rgba.png``, ``checkpoints/state.pt``,
             ``result.json``. Checked before any model work (``zero123.utils.outputs``): an earlier to3d output
             there is replaced whole, other files are refused; ``resume`` from ``out_dir`` continues in place.
-        preset: ``auto`` (``default`` on a GPU, ``cpu`` on a CPU), ``default`` (the recipe, 600 steps), ``fast``,
-            ``cpu`` (minutes on a CPU with the small bundled model) or ``tiny`` (CPU tests).
+        preset: ``auto`` (on a GPU ``bundled`` for the bundled model, ``default`` for others; ``cpu`` on a CPU),
+            ``default`` (the recipe, 600 steps), ``fast``, ``bundled`` (the bundled 128 px model on a GPU), ``cpu``
+            (minutes on a CPU with the small bundled model) or ``tiny`` (CPU tests).
         steps: override the preset's number of steps (schedules are compressed/stretched to fit).
         seed: seed of the representation's initialisation and every random draw.
         device, dtype: for the diffusion model (default CUDA + fp16 when available, else CPU + fp32); the
@@ -238,8 +239,11 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
             cfg.steps = int(steps)
         cfg.validate()
     else:
+        from ..loading import is_bundled_model
+
+        bundled = getattr(model, "bundled", False) if model is not None else is_bundled_model(checkpoint)
         cfg = config if config is not None else preset_config(preset, steps, device=dev,
-                                                              representation=representation)
+                                                              representation=representation, bundled=bundled)
         if representation is not None and cfg.representation != representation:
             raise Zero123Error(f"representation {representation!r} given but the config's is "
                                f"{cfg.representation!r}")

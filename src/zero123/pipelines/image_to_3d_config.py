@@ -6,8 +6,10 @@
 runs 300 steps at lower resolution (random views 64/128 px, reference 128/256 px, 256 samples per ray) and exports
 a lighter mesh and video. ``cpu`` fits a laptop-class CPU with the small bundled model (200 steps, random views
 32/64 px in batches of 4/2, reference view 64 px, an 8-level hash grid, 64 samples per ray; about 1.1-1.4 s a step
-on 2 cores). ``tiny`` is for CPU tests with the tiny random model (a handful of steps, 16 px).
-``auto_preset(device)`` picks ``default`` on a GPU and ``cpu`` on a CPU (the one device-dependent rule).
+on 2 cores). ``bundled`` is the GPU preset of the small bundled 128 px model (``fast`` with its changes for that
+model, each with its ``zero123 eval-3d`` delta in ``bench/RESULTS.md``). ``tiny`` is for CPU tests with the tiny
+random model (a handful of steps, 16 px). ``auto_preset(device, bundled)`` picks ``cpu`` on a CPU and, on a GPU,
+``bundled`` for the bundled model and ``default`` for any other checkpoint (the one device-dependent rule).
 
 Parts by key: ``representation`` (``nerf``: :mod:`zero123.representations`, with the NeRF-only sections
 ``field``, ``render``, ``occupancy``) and ``guidance`` (``zero123-sds``: :mod:`zero123.guidance`, section ``sds``).
@@ -40,7 +42,7 @@ from ..representations.gaussians.config import GaussianConfig
 from ..rendering.volume import RenderSettings
 from ..utils.dataclass_config import apply_overrides, build_dataclass, merge_config, read_config_file
 
-PRESETS = ("default", "fast", "cpu", "tiny")
+PRESETS = ("default", "fast", "cpu", "tiny", "bundled")
 #: representations with presets of their own (``presets/<representation>/`` for all but nerf)
 REPRESENTATION_PRESETS = ("nerf", "gaussians")
 
@@ -218,20 +220,27 @@ def preset_data(name: str, representation: str = "nerf") -> dict:
     return data
 
 
-def auto_preset(device=None) -> str:
-    """``default`` (the recipe) on a GPU, ``cpu`` elsewhere; ``device=None``: CUDA when available."""
+def auto_preset(device=None, bundled: bool = False) -> str:
+    """``cpu`` on a CPU; on a GPU ``bundled`` when the model is the bundled 128 px one (``bundled=True``), else
+    ``default`` (the recipe). ``device=None``: CUDA when available."""
     if device is None:
         import torch
 
-        return "default" if torch.cuda.is_available() else "cpu"
-    return "default" if str(device).startswith("cuda") else "cpu"
+        on_gpu = torch.cuda.is_available()
+    else:
+        on_gpu = str(device).startswith("cuda")
+    if not on_gpu:
+        return "cpu"
+    return "bundled" if bundled else "default"
 
 
 def preset_config(name: str = "default", steps: Optional[int] = None, device=None, config_file=None,
-                  overrides: Sequence[str] = (), representation: Optional[str] = None) -> ImageTo3DConfig:
-    """The named preset (``default``, ``fast``, ``cpu``, ``tiny``: ``zero123/assets/presets/<name>.yaml``, or
-    ``auto``: :func:`auto_preset` of ``device``), then, each on top of the one before: ``config_file`` (a YAML/JSON
-    file of the same keys, any subset), dotted ``key=value`` ``overrides`` (values parsed as YAML, as
+                  overrides: Sequence[str] = (), representation: Optional[str] = None,
+                  bundled: bool = False) -> ImageTo3DConfig:
+    """The named preset (``default``, ``fast``, ``cpu``, ``tiny``, ``bundled``:
+    ``zero123/assets/presets/<name>.yaml``, or ``auto``: :func:`auto_preset` of ``device`` and ``bundled``, whether
+    the model is the bundled one; the Gaussians have no ``bundled`` preset, so auto picks theirs as before), then,
+    each on top of the one before: ``config_file`` (a YAML/JSON file of the same keys, any subset), dotted ``key=value`` ``overrides`` (values parsed as YAML, as
     ``zero123 train`` takes them) and ``steps``. Unknown keys and ill-typed values are one-line errors.
     ``representation``: ``nerf`` (None: the preset's own, nerf) or ``gaussians`` (the same preset names, from
     ``presets/gaussians/``: :func:`preset_data`)."""
@@ -241,9 +250,12 @@ def preset_config(name: str = "default", steps: Optional[int] = None, device=Non
                            f"{', '.join(REPRESENTATION_PRESETS)}")
     key = str(name).strip().lower()
     if key == "auto":
-        key = auto_preset(device)
+        key = auto_preset(device, bundled=bundled and rep == "nerf")
     if key not in PRESETS:
         raise Zero123Error(f"unknown preset {name!r}: use auto or one of {', '.join(PRESETS)}")
+    if key == "bundled" and rep != "nerf":
+        raise Zero123Error(f"preset bundled is for the NeRF representation; with {rep} use auto, default, fast, "
+                           "cpu or tiny")
     data = preset_data(key, rep)
     if config_file is not None:
         data = merge_config(data, read_config_file(config_file))
