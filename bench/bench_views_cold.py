@@ -142,16 +142,16 @@ def main() -> None:
     cfgs = configurations(args.steps, args.fast_steps)
     res = {"device": args.device, "folder": args.folder, "reps": args.reps, "command": " ".join(sys.argv),
            "views_command": " ".join(base[1:]), "package": where, "codes": list(codes),
-           "help": {f"{code}: {' '.join(c) or 'zero123'} --help": help_wall(env, c)
-                    for code, env in codes.items() for c in ([], ["views"])},
+           "help": {**{f"{code}: zero123 --help": help_wall(env, []) for code, env in codes.items()},
+                    "this branch: zero123 views --help": help_wall(codes["this branch"], ["views"])},
            "runs": {(code, cfg): [] for code in codes for cfg in cfgs}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for rnd in range(args.reps):
         for cfg, opts in cfgs.items():
             for code, env in codes.items():
-                left = deadline - time.perf_counter()
-                if left < 5:
-                    break
+                left, done = deadline - time.perf_counter(), res["runs"][(code, cfg)]
+                if left < (1.1 * done[-1]["wall_s"] if done else 5):  # would not finish: start no run
+                    continue
                 row = run_once(base + opts, env, left)
                 res["runs"][(code, cfg)].append(row)
                 print(json.dumps({"round": rnd + 1, "code": code, "run": cfg, **row}), flush=True)

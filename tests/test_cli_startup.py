@@ -62,7 +62,7 @@ def test_timings_file_lists_every_stage_of_a_views_run_inside_its_parent(tmp_pat
                  "load model / read + assign unet", "load model / read + assign vae",
                  "load model / read + assign image_encoder", "load model / move and cast to the device and dtype",
                  "sample views", "sample views / encode the input (CLIP, VAE)",
-                 "sample views / denoise (dpmpp, 3 UNet calls)", "sample views / decode (VAE)", "write outputs"):
+                 "sample views / denoise", "sample views / decode (VAE)", "write outputs"):
         assert name in rows, (name, sorted(rows))
     ends = {n: r["start_s"] + r["seconds"] for n, r in rows.items()}
     for name, r in rows.items():  # a nested stage lies inside its parent; top-level stages follow one another

@@ -266,7 +266,7 @@ class Zero123Pipeline:
         for start in range(0, n, batch_size):
             sl = slice(start, min(n, start + batch_size))
             x_t = None if latents is None else latents[sl]
-            with stage(f"denoise ({scheduler}, {num_loop_steps} UNet calls)"):
+            with stage("denoise"):
                 out = self.sample(None, camera[sl], num_inference_steps, guidance_scale, eta, generator, x_t,
                                   clip_embedding=clip_emb, concat_latent=concat, progress_bar=bar,
                                   noise_scale=noise_scale, timestep_spacing=spacing, scheduler=scheduler)
