@@ -12,7 +12,7 @@
 # 3. in-process 4 views x 50 steps (CUDA events, warm-up, medians): bench/bench_novel_views.py without compile
 #    (fp16 + channels-last + 1-token attention, + CUDA graph, + fused QKV = --fast), DDIM 50 and DPM-Solver++ 15;
 #    VIEWS_COMPILE=1 adds the torch.compile rows (a minute or more: not in the 250 s).
-# Order: 1, 3 (at most T_INPROC = 55 s), then 2 with what is left of T_ALL = 245 s (a run that would not finish in
+# Order: 1, 3 (at most T_INPROC = 65 s), then 2 with what is left of T_ALL = 245 s (a run that would not finish in
 # it is not started; the rounds alternate, so a short call still pairs the versions).
 # Writes $OUT/views_cold.json + .md (tables), $OUT/novel_views_h200.json, logs.
 # VIEWS_TINY=1 runs the same on CPU with the tiny config and tiny step counts (a smoke test).
@@ -26,7 +26,7 @@ T_ALL=${T_ALL:-245} T_FOLDER=${T_FOLDER:-50}
 if [ "${VIEWS_TINY:-0}" = 1 ]; then CFG=tiny_config DEV=cpu STEPS=${STEPS:-3} FAST_STEPS=${FAST_STEPS:-2}
   REPS=${REPS:-1} NV=(--tiny --steps 4 --reps 1 --unet-reps 1); else
   CFG=full_size_config DEV=cuda STEPS=${STEPS:-50} FAST_STEPS=${FAST_STEPS:-15} REPS=${REPS:-2}
-  NV=(--steps 50 --reps 5 --unet-reps 10 --skip naive "(SDPA)" bf16 "compile(UNet) +"); fi
+  NV=(--steps 50 --reps 3 --unet-reps 5 --skip naive "(SDPA)" bf16 "compile(UNet) +"); fi
 [ "${VIEWS_COMPILE:-0}" = 1 ] && NV+=(--compile)
 if [ ! -f .bench_old_views/src/zero123/cli.py ] && git rev-parse -q --verify 0a4e622^{commit} >/dev/null 2>&1; then
   mkdir -p .bench_old_views && git archive 0a4e622 src ":!src/zero123/assets/default_model" | tar -x -C .bench_old_views
@@ -47,7 +47,7 @@ x = torch.randn(2, 8, 32, 32, device=dev, dtype=torch.float16 if dev == "cuda" e
 torch.nn.functional.conv2d(x, torch.randn(8, 8, 3, 3, device=dev, dtype=x.dtype)).sum().item()
 (x.flatten(1) @ x.flatten(1).T).sum().item()
 PY
-echo "in-process 4 views x 50 steps (at most ${T_INPROC:=55} s)"
+echo "in-process 4 views x 50 steps (at most ${T_INPROC:=65} s)"
 timeout "$T_INPROC" python3 bench/bench_novel_views.py "${NV[@]}" --sampler dpmpp \
   --sampler-steps 15 --out "$OUT/novel_views_h200.json" 2>&1 | tee "$OUT/novel_views.log" | grep -v Warning
 LEFT=$((T_ALL - SECONDS)); [ "$LEFT" -lt 30 ] && LEFT=30
