@@ -42,8 +42,8 @@ def code_env(src: Path | None) -> dict:
     """The environment that makes ``python -m zero123.cli`` import the package under ``src`` (None: this one)."""
     env = dict(os.environ)
     if src is not None:
-        ours = str(REPO / "src")
-        rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.abspath(p) != ours]
+        ours = os.path.realpath(REPO / "src")
+        rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.realpath(p) != ours]
         env["PYTHONPATH"] = os.pathsep.join([str(src.resolve()), *rest])
     return env
 
