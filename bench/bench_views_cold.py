@@ -1,7 +1,8 @@
 """Cold start of ``zero123 views``: CLI wall time of new processes and where each one spends it, stage by stage.
 
 Each run is a new ``python -m zero123.cli views IMAGE -c FOLDER --azimuth 90 180 270 ...`` process (cold process;
-the page cache is whatever it is: warm when the folder was just written or read). The stage split comes from the
+the page cache is whatever it is: warm when the folder was just written or read; ``--evict-cache`` drops the
+weight files from it before every run, a cold start from disk). The stage split comes from the
 run itself (``ZERO123_TIMINGS=<file>``, ``zero123.utils.timing``: interpreter start + imports, parsing, the
 torch/pipeline imports, building the networks on the meta device, reading + assigning each component's weights,
 the move/cast, encoding the input, the denoising loop, the VAE decode, writing the outputs); "exit" is the wall
@@ -52,6 +53,18 @@ def package_file(env: dict) -> str:
     """Which ``zero123/__init__.py`` a child process with ``env`` imports (checks ``--old-src`` took effect)."""
     return subprocess.run([sys.executable, "-c", "import zero123; print(zero123.__file__)"], env=env,
                           capture_output=True, text=True, check=True).stdout.strip()
+
+
+def evict(folder: str) -> None:
+    """Drop the model folder's weight files from the page cache (``POSIX_FADV_DONTNEED``: only these files, no root
+    needed), so that the next run reads them from disk: a cold page cache."""
+    os.sync()  # written pages are dropped only once clean
+    for f in sorted(Path(folder).glob("*/*.safetensors")) + sorted(Path(folder).glob("*/*.bin")):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def run_once(argv: list[str], env: dict, timeout: float) -> dict:
@@ -123,6 +136,8 @@ def main() -> None:
     ap.add_argument("--old-name", default="0a4e622 (today)")
     ap.add_argument("--extra", nargs="*", default=["--input-elevation", "5"],
                     help="more views options (default: --input-elevation 5, the photo's elevation given)")
+    ap.add_argument("--evict-cache", action="store_true",
+                    help="drop the folder's weight files from the page cache before every run (cold page cache)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds left for all the runs (default 300)")
     ap.add_argument("--out", type=Path, required=True, help="JSON (a .md table is written beside it)")
     args = ap.parse_args()
@@ -141,6 +156,7 @@ def main() -> None:
             "--azimuth", "90", "180", "270", *args.extra]
     cfgs = configurations(args.steps, args.fast_steps)
     res = {"device": args.device, "folder": args.folder, "reps": args.reps, "command": " ".join(sys.argv),
+           "page_cache": "cold (weight files evicted before every run)" if args.evict_cache else "warm",
            "views_command": " ".join(base[1:]), "package": where, "codes": list(codes),
            "help": {**{f"{code}: zero123 --help": help_wall(env, []) for code, env in codes.items()},
                     "this branch: zero123 views --help": help_wall(codes["this branch"], ["views"])},
@@ -152,6 +168,8 @@ def main() -> None:
                 left, done = deadline - time.perf_counter(), res["runs"][(code, cfg)]
                 if left < (1.1 * done[-1]["wall_s"] if done else 5):  # would not finish: start no run
                     continue
+                if args.evict_cache:
+                    evict(args.folder)
                 row = run_once(base + opts, env, left)
                 res["runs"][(code, cfg)].append(row)
                 print(json.dumps({"round": rnd + 1, "code": code, "run": cfg, **row}), flush=True)

@@ -15,6 +15,8 @@
 # Order: 1, 3 (at most T_INPROC = 65 s), then 2 with what is left of T_ALL = 245 s (a run that would not finish in
 # it is not started; the rounds alternate, so a short call still pairs the versions).
 # Writes $OUT/views_cold.json + .md (tables), $OUT/novel_views_h200.json, logs.
+# VIEWS_EVICT=1: the cold CLI runs from a cold page cache (the weight files dropped from it before every run:
+# POSIX_FADV_DONTNEED on those files only, no root needed).
 # VIEWS_TINY=1 runs the same on CPU with the tiny config and tiny step counts (a smoke test).
 set -uo pipefail
 # shellcheck source=bench/device/env.sh
@@ -52,7 +54,8 @@ timeout "$T_INPROC" python3 bench/bench_novel_views.py "${NV[@]}" --sampler dpmp
   --sampler-steps 15 --out "$OUT/novel_views_h200.json" 2>&1 | tee "$OUT/novel_views.log" | grep -v Warning
 LEFT=$((T_ALL - SECONDS)); [ "$LEFT" -lt 30 ] && LEFT=30
 echo "cold CLI: ${LEFT} s left"
+EVICT=(); [ "${VIEWS_EVICT:-0}" = 1 ] && EVICT=(--evict-cache)
 timeout "$LEFT" python3 bench/bench_views_cold.py --folder "$FOLDER" --device "$DEV" --steps "$STEPS" \
-  --fast-steps "$FAST_STEPS" --reps "$REPS" "${OLD[@]}" --timeout $((LEFT - 5)) --out "$OUT/views_cold.json" \
+  --fast-steps "$FAST_STEPS" --reps "$REPS" "${OLD[@]}" "${EVICT[@]}" --timeout $((LEFT - 5)) --out "$OUT/views_cold.json" \
   2>&1 | tee "$OUT/views_cold.log" | grep -v Warning
 echo "views_speed.sh: ${SECONDS} s"
