@@ -60,7 +60,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions of the whole sample")
     ap.add_argument("--unet-reps", type=int, default=30)
     ap.add_argument("--compile", action="store_true", help="also try torch.compile (slow to build)")
-    ap.add_argument("--skip", nargs="*", default=[], help="skip variants whose name contains one of these")
+    ap.add_argument("--skip", nargs="*", default=[], help="skip variants whose name contains one of these (the "
+                    "naive reference row only when 'naive' is given)")
     ap.add_argument("--sampler", default=None, choices=["dpmpp", "unipc"], help="also time this sampler")
     ap.add_argument("--sampler-steps", type=int, default=15)
     ap.add_argument("--out", type=Path, default=Path("bench/results/novel_views.json"))
@@ -102,7 +103,9 @@ def main() -> None:
                 extra[name + tag] = dict(v, sched=args.sampler, steps=args.sampler_steps)
         variants.update(extra)
 
-    variants = {k: v for k, v in variants.items() if not any(s in k for s in args.skip) or k.startswith("naive")}
+    # the naive row (the speed-up's reference) stays unless --skip names it ("naive")
+    variants = {k: v for k, v in variants.items()
+                if not any(s in k for s in args.skip) or (k.startswith("naive") and "naive" not in args.skip)}
     rows, ref_images = [], {}
     for name, v in variants.items():
         model = copy.deepcopy(base).to(dtype=v["dtype"])

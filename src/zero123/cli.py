@@ -53,8 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from .utils import timing
+
+    try:
+        return _main(argv)
+    finally:
+        timing.emit()  # ZERO123_TIMINGS: the run's stage table (zero123.utils.timing)
+
+
+def _main(argv):
+    from .utils.timing import stage
+
+    with stage("parse arguments"):
+        parser = build_parser()
+        args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 1
@@ -75,5 +87,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run_program() -> None:
+    """``zero123`` as a program (the console script, ``python -m zero123.cli``): :func:`main` on ``sys.argv``, then
+    exit with its status.
+
+    The exit is quick: the ``atexit`` handlers run and the standard streams are flushed as in a normal exit, then
+    the process ends with ``os._exit`` instead of the interpreter's shutdown, whose garbage collection over the
+    objects torch, diffusers and transformers leave behind takes seconds (bench/RESULTS.md, "Novel views cold
+    start"). Only when no other non-daemon thread is alive (one still at work is waited for, as by a normal
+    exit); outputs are written and closed before ``main`` returns (``zero123.utils.atomic``)."""
+    import threading
+
+    try:
+        rc = main()
+    except SystemExit as exc:  # argparse's --help / usage errors
+        rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+    if any(t is not threading.main_thread() and t.is_alive() and not t.daemon for t in threading.enumerate()):
+        sys.exit(rc)
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()  # what a normal exit runs first (logging.shutdown, tempfile / weakref finalizers, ...)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be written anyway
+            pass
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_program()

@@ -68,7 +68,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_weights_variant_option(p) -> None:
     """``--weights-variant``: which diffusers variant weight files of a model folder to read."""
-    from ..loading.folder_layouts import WEIGHT_VARIANTS
+    from ..utils.weight_variants import WEIGHT_VARIANTS  # not zero123.loading: the parser stays light
 
     p.add_argument("--weights-variant", choices=["auto", "plain", *WEIGHT_VARIANTS], default=None,
                    help="for a diffusers-format folder: which weight files to read (diffusion_pytorch_model"

@@ -67,32 +67,38 @@ def _broadcast(values, n, name):
 
 
 def run(args) -> int:
-    import torch
+    from ..utils.timing import stage
 
-    from ..pipelines.zero123_pipeline import check_noise_scale
-    from ..schedulers import make_sampler
-    from ..preprocessing import load_image
-    from ..utils.atomic import atomic_folder
-    from ..utils.outputs import VIEWS_OUTPUTS, check_output_dir
+    with stage("imports (torch, pipeline)"):
+        import torch
 
-    check_output_dir(args.out, VIEWS_OUTPUTS)  # fail fast on a bad --out, image, mask or matting model
-    image = load_image(args.image)  # before loading the model
-    foreground = foreground_kwargs(args, image) if not args.no_recentre else {}
-    tau = None if args.noise_scale is None else check_noise_scale(args.noise_scale)
-    make_sampler(args.scheduler, args.steps, args.eta)  # one-line error for bad steps / eta before loading
-    device, dtype = resolve_device_dtype(args)
+        from ..pipelines.zero123_pipeline import check_noise_scale
+        from ..schedulers import make_sampler
+        from ..preprocessing import load_image
+        from ..utils.atomic import atomic_folder
+        from ..utils.outputs import VIEWS_OUTPUTS, check_output_dir
+
+    with stage("check inputs (output folder, image, foreground options, device)"):
+        check_output_dir(args.out, VIEWS_OUTPUTS)  # fail fast on a bad --out, image, mask or matting model
+        image = load_image(args.image)  # before loading the model
+        foreground = foreground_kwargs(args, image) if not args.no_recentre else {}
+        tau = None if args.noise_scale is None else check_noise_scale(args.noise_scale)
+        make_sampler(args.scheduler, args.steps, args.eta)  # one-line error for bad steps / eta before loading
+        device, dtype = resolve_device_dtype(args)
     n = max(len(args.azimuth), len(args.elevation), len(args.radius))
     elevations = _broadcast(args.elevation, n, "elevation")
     azimuths = _broadcast(args.azimuth, n, "azimuth")
     radii = _broadcast(args.radius, n, "radius")
-    pipe = load_pipeline(args.checkpoint, args.variant, dtype, device, weights_variant=args.weights_variant,
-                         original_config=args.original_config)
+    with stage("load model"):
+        pipe = load_pipeline(args.checkpoint, args.variant, dtype, device, weights_variant=args.weights_variant,
+                             original_config=args.original_config)
     input_elevation, estimate, prepared = args.input_elevation, None, None
     if input_elevation is None and pipe.needs_input_elevation():
         from ..elevation import describe, estimate_input_elevation
 
-        prepared = pipe.prepare_image(image, recentre=not args.no_recentre, **foreground)
-        estimate = estimate_input_elevation(pipe, prepared, seed=args.seed)
+        with stage("estimate input elevation"):
+            prepared = pipe.prepare_image(image, recentre=not args.no_recentre, **foreground)
+            estimate = estimate_input_elevation(pipe, prepared, seed=args.seed)
         input_elevation = estimate.degrees
         print(describe(estimate))
     pipe.camera_batch(elevations, azimuths, radii, input_elevation)  # validate cameras before sampling
@@ -102,9 +108,11 @@ def run(args) -> int:
     if args.fast or args.compile:
         pipe.enable_fast_path(compile=args.compile, capture_after=2)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    out = pipe(image if prepared is None else prepared, elevations, azimuths, radii, input_elevation=input_elevation,
-               num_inference_steps=args.steps, guidance_scale=args.guidance_scale, eta=args.eta,
-               generator=generator, recentre=not args.no_recentre, progress=True, **foreground)
+    with stage("sample views"):
+        out = pipe(image if prepared is None else prepared, elevations, azimuths, radii,
+                   input_elevation=input_elevation, num_inference_steps=args.steps,
+                   guidance_scale=args.guidance_scale, eta=args.eta, generator=generator,
+                   recentre=not args.no_recentre, progress=True, **foreground)
     out_dir = Path(args.out).expanduser()
     meta = {"checkpoint": args.checkpoint or "bundled", "variant": pipe.model.variant.value, "seed": args.seed,
             "scheduler": pipe.scheduler, "steps": args.steps, "guidance_scale": args.guidance_scale, "eta": args.eta,
@@ -115,7 +123,7 @@ def run(args) -> int:
             "elevation_estimate": estimate.as_dict() if estimate else None,
             "views": [{"file": f"view_{i:02d}.png", "delta_elevation": e, "delta_azimuth": a, "delta_radius": r}
                       for i, (e, a, r) in enumerate(zip(elevations, azimuths, radii))]}
-    with atomic_folder(out_dir) as tmp:  # an earlier output in out_dir is replaced whole, never mixed
+    with stage("write outputs"), atomic_folder(out_dir) as tmp:  # an earlier output is replaced whole
         atomic_save_image(out.input_image.rgba, tmp / "input_rgba.png")
         if out.input_image.mask is not None:
             atomic_save_image(out.input_image.mask_image(), tmp / "mask.png")

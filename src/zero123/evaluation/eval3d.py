@@ -47,13 +47,12 @@ import torch
 
 from ..data.shards import Shard
 from ..errors import Zero123Error
+from .eval3d_rows import ROWS  # result rows, in table order (an import-free module: the CLI parser reads it)
 
 __all__ = ["ROWS", "Eval3DConfig", "GroundTruth", "load_ground_truth", "render_input_view", "normalize_unit_cube",
            "shape_metrics", "view_metrics", "load_result_mesh", "extruded_silhouette", "silhouette_sphere",
            "evaluate_3d", "summarize", "paired_comparison", "format_table"]
 
-#: Result rows, in table order.
-ROWS = ("model", "gt_views", "extrude", "sphere")
 #: Metrics per row, in table order; higher is better except chamfer (and lpips).
 METRICS = ("chamfer", "iou", "f@0.05", "f@0.1", "psnr", "ssim", "lpips")
 

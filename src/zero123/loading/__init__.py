@@ -18,6 +18,7 @@ from ..camera import ConditioningVariant
 from ..errors import CheckpointError
 from ..models.configs import Zero123Config
 from ..utils.device import resolve_dtype
+from ..utils.timing import stage
 from .int8_weights import dequantize_state_dict, quantize_state_dict
 from .ldm_checkpoint import (check_sidecar, config_from_ldm, convert_openai_clip_visual, convert_unet, convert_vae,
                              detect_variant, read_original_config, read_sidecar, split_ldm_state_dict)
@@ -155,13 +156,16 @@ def load_diffusers_folder(folder, variant=None, dtype=None, device=None, weights
                            clip=_clip_kwargs(read_json(folder / "image_encoder" / "config.json")),
                            variant=variant.value)
     try:
-        model = _build_empty(config)
+        with stage("build (meta device)"):
+            model = _build_empty(config)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{folder}: component configs do not describe a Zero123 model ({exc})") from None
     # a CUDA target reads the weights straight onto the GPU (``_finish`` then moves only the buffers)
     read_dev = device if device is not None and torch.device(device).type == "cuda" else "cpu"
     for part, module in (("unet", model.unet), ("vae", model.vae), ("image_encoder", model.image_encoder)):
-        _assign_weights(module, dequantize_state_dict(read_state_dict(files[part][0], read_dev)), part, str(folder))
+        with stage(f"read + assign {part}"):
+            _assign_weights(module, dequantize_state_dict(read_state_dict(files[part][0], read_dev)), part,
+                            str(folder))
     cc = dequantize_state_dict(read_state_dict(files[proj_dir.name][0], read_dev))
     cc = {"projection." + k[len(proj_prefix):] if k.startswith(proj_prefix) else k: v for k, v in cc.items()}
     _assign_weights(model.camera_projection, cc, proj_dir.name, str(folder))
@@ -172,7 +176,8 @@ def load_diffusers_folder(folder, variant=None, dtype=None, device=None, weights
     report = LoadReport(source=str(folder), format="diffusers", variant=variant.value, config=config,
                         uses_ema=used["unet"] in ("ema", "fp16_ema"),
                         extra={"variant_from": variant_source, "weight_files": used})
-    return _finish(model, dtype, device), report
+    with stage("move and cast to the device and dtype"):
+        return _finish(model, dtype, device), report
 
 
 def _strip(cfg: dict) -> dict:

@@ -30,9 +30,8 @@ from pathlib import Path
 
 from ..camera import ConditioningVariant
 from ..errors import CheckpointError
+from ..utils.weight_variants import WEIGHT_VARIANTS  # noqa: F401  (light module: the CLI parser reads it)
 
-#: the diffusers variant names of weight files that we read (``None``/"plain": the file without a variant)
-WEIGHT_VARIANTS = ("ema", "fp16_ema", "fp16", "non_ema")
 DEFAULT_WEIGHT_ORDER = ("ema", "fp16_ema", None, "fp16")
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
 WEIGHT_SUFFIXES = ("safetensors", "bin")

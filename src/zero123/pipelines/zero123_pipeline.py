@@ -41,6 +41,7 @@ from ..camera import ConditioningVariant, check_elevation
 from ..errors import Zero123Error
 from ..preprocessing import PreparedImage, prepare_input_image, tensor_to_images
 from ..schedulers import check_sampler, check_timestep_spacing, make_sampler
+from ..utils.timing import stage
 
 #: Camera-change bounds accepted by the pipeline (Zero123 was trained on radius 1.5 .. 2.2).
 MAX_ABS_DELTA_RADIUS = 1.0
@@ -255,7 +256,8 @@ class Zero123Pipeline:
             camera = self.camera_batch(elevations, azimuths, radii, estimate.degrees if estimate else 0.0)
         images = images.to(self.device, self.model.dtype)
         results, all_latents = [], []
-        clip_emb, concat = self.model.clip_embedding(images), self.model.concat_latent(images)
+        with stage("encode the input (CLIP, VAE)"):
+            clip_emb, concat = self.model.clip_embedding(images), self.model.concat_latent(images)
         n = camera.shape[0]
         num_batches = -(-n // batch_size)  # the bar advances once per denoising step of each batch
         bar = tqdm(total=num_batches * num_loop_steps,
@@ -264,11 +266,13 @@ class Zero123Pipeline:
         for start in range(0, n, batch_size):
             sl = slice(start, min(n, start + batch_size))
             x_t = None if latents is None else latents[sl]
-            out = self.sample(None, camera[sl], num_inference_steps, guidance_scale, eta, generator, x_t,
-                              clip_embedding=clip_emb, concat_latent=concat, progress_bar=bar,
-                              noise_scale=noise_scale, timestep_spacing=spacing, scheduler=scheduler)
+            with stage("denoise"):
+                out = self.sample(None, camera[sl], num_inference_steps, guidance_scale, eta, generator, x_t,
+                                  clip_embedding=clip_emb, concat_latent=concat, progress_bar=bar,
+                                  noise_scale=noise_scale, timestep_spacing=spacing, scheduler=scheduler)
             all_latents.append(out)
-            results.append(((self.model.decode_latents(out).float() + 1) / 2).clamp(0, 1))
+            with stage("decode (VAE)"):
+                results.append(((self.model.decode_latents(out).float() + 1) / 2).clamp(0, 1))
         bar.close()
         images_out = torch.cat(results)
         return Zero123PipelineOutput(images=tensor_to_images(images_out) if output_type == "pil" else images_out,
