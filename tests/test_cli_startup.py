@@ -70,8 +70,8 @@ def test_timings_file_lists_every_stage_of_a_views_run_inside_its_parent(tmp_pat
             parent = rows[name.rsplit(" / ", 1)[0]]
             assert parent["start_s"] <= r["start_s"] and ends[name] <= ends[parent["stage"]] + 1e-3
     top = sorted((r for n, r in rows.items() if " / " not in n), key=lambda r: r["start_s"])
-    for a, b in zip(top, top[1:]):
-        assert a["start_s"] + a["seconds"] <= b["start_s"] + 1e-3
+    for a, b in zip(top, top[1:]):  # each figure is rounded to 1 ms: an end may pass the next start by 1.5 ms
+        assert a["start_s"] + a["seconds"] <= b["start_s"] + 2e-3
     assert (tmp_path / "v" / "view_01.png").is_file() and "stage" not in capsys.readouterr().err
     assert timing.report()["stages"] == []  # emitted and cleared: a second main() in this process starts afresh
 

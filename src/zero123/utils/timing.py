@@ -59,7 +59,7 @@ def stage(name: str) -> Iterator[None]:
         age = process_age()
         _origin = t0 - (age or 0.0)
         if age is not None:
-            _rows.append({"stage": "process start -> first stage", "start_s": 0.0, "seconds": round(age, 3)})
+            _rows.append({"stage": "process start -> first stage", "start_s": 0.0, "seconds": age})
     full = " / ".join([*_open, name])
     _open.append(name)
     try:
@@ -68,14 +68,16 @@ def stage(name: str) -> Iterator[None]:
         _sync()
         _open.pop()
         t1 = time.perf_counter()
-        _rows.append({"stage": full, "start_s": round(t0 - _origin, 3), "seconds": round(t1 - t0, 3)})
+        _rows.append({"stage": full, "start_s": t0 - _origin, "seconds": t1 - t0})  # rounded in report()
 
 
 def report() -> dict:
     """``{"stages": [...] (in start order), "total_s"}``: what the run's stages took so far."""
+    # ordered on the exact times: two stages within the same millisecond keep their true order
     rows = sorted(_rows, key=lambda r: (r["start_s"], -r["seconds"]))
     end = max((r["start_s"] + r["seconds"] for r in rows), default=0.0)
-    return {"stages": rows, "total_s": round(end, 3)}
+    return {"stages": [{**r, "start_s": round(r["start_s"], 3), "seconds": round(r["seconds"], 3)} for r in rows],
+            "total_s": round(end, 3)}
 
 
 def emit() -> None:
