@@ -73,9 +73,9 @@ def _mlp_forward_with_jacobian(weights, h, dh):
         h = h @ w.t()
         dh = dh @ w.t()
         if i < n - 1:
-            active = (h > 0).to(h.dtype)
-            h = h * active
-            dh = dh * active[:, None, :]
+            active = h > 0                                  # the ReLU's derivative, kept as a bool mask
+            h = torch.relu(h)
+            dh = torch.where(active[:, None, :], dh, 0.0)
     return h, dh
 
 
