@@ -8,7 +8,8 @@
 #   bf16   this checkout with field.mlp_dtype=bfloat16 (the field's MLPs and their Jacobian under autocast);
 # run in that order, ROUNDS times (alternating old/new/... so a clock drift shows in both).
 #   bash bench/device/to3d_speed.sh                      (needs $OUT)
-# Knobs: VARIANTS ("old new bf16"; also fp16), PRESETS ("default fast"), ROUNDS (1; 2 fits in ~300 s with
+# Knobs: VARIANTS ("old new bf16"; also fp16, and nockpt: field.checkpoint_mlp=false, no MLP recompute in backward),
+# PRESETS ("default fast"), ROUNDS (1; 2 fits in ~300 s with
 # ARGS="--warmup 1 --iters 5 --prime-steps 3"), ARGS (--warmup 2 --iters 8 --prime-steps 3), T_RUN (100 s a run),
 # DEADLINE (290 s for the whole call: a run is cut to what is left, a run with < 30 s left is skipped).
 # CPU smoke test (tiny model + tiny preset):  OUT=/tmp/o TINY=1 bash bench/device/to3d_speed.sh
@@ -33,6 +34,7 @@ for round in $(seq 1 "$ROUNDS"); do
       new) VARGS="" ;;
       bf16) VARGS="--set field.mlp_dtype=bfloat16" ;;
       fp16) VARGS="--set field.mlp_dtype=float16" ;;
+      nockpt) VARGS="--set field.checkpoint_mlp=false" ;;
       *) echo "unknown variant $v"; continue ;;
     esac
     left=$((DEADLINE - ($(date +%s) - t0)))
@@ -58,7 +60,7 @@ for f in sorted(d.glob("*_*.json")):
             key = (r["preset"], s["stage"])
             runs.setdefault(v, {}).setdefault(key, []).append(s["median_ms"])
             info[key] = f"{s['batch']}x{s['resolution']} px, ref {s['reference_resolution']} px"
-order = [v for v in ("old", "new", "bf16", "fp16") if v in runs]
+order = [v for v in ("old", "new", "bf16", "fp16", "nockpt") if v in runs]
 keys = sorted({k for v in runs.values() for k in v})
 head = "| preset | stage | views | " + " | ".join(f"{v} ms/step" for v in order)
 head += " | new / old | bf16 / old |" if "old" in runs else " |"
