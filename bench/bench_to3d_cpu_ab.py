@@ -8,6 +8,7 @@ for ``--iters`` rounds, each tree takes one step from its saved state in turn. R
 and process-CPU seconds of a step of each tree and their ratio, and the sample counts (equal when behaviour is)::
 
     python bench/bench_to3d_cpu_ab.py --old-src .bench_old24/src --out bench/results/to3d_cpu_ab.json
+    OMP_NUM_THREADS=1 python bench/bench_to3d_cpu_ab.py --old-src .bench_old24/src --field-only   # the field alone
 """
 
 from __future__ import annotations
@@ -96,6 +97,13 @@ def field_ab(preset: str, n: int, iters: int) -> list:
     return rows
 
 
+def _write(path, doc: dict) -> int:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--old-src", required=True, help="the other tree's src/ folder")
@@ -122,10 +130,7 @@ def main(argv=None) -> int:
     if args.field_only:
         doc = {"preset": args.preset, "old_src": args.old_src, "threads": torch.get_num_threads(),
                "field": field_ab(args.preset, args.points, max(args.iters, 5))}
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
-        return 0
+        return _write(args.out, doc)
     model = load_guidance_model(ROOT / "src" / "zero123" / "assets" / "default_model", device="cpu")
     image = np.array(Image.open(args.image))
     trees = {}
@@ -160,10 +165,7 @@ def main(argv=None) -> int:
     doc = {"preset": args.preset, "old_src": args.old_src, "new_src": str(Path(zero123.__file__).parent),
            "threads": torch.get_num_threads(), "iters": args.iters, "warmup": args.warmup,
            "prime_steps": args.prime_steps, "stages": rows}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
-    return 0
+    return _write(args.out, doc)
 
 
 if __name__ == "__main__":
