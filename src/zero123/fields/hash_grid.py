@@ -119,25 +119,27 @@ def _interpolate(vals: torch.Tensor, frac: torch.Tensor, scales: torch.Tensor, w
     return feat, torch.stack([jx, jy, jz], dim=-1) * s[..., None]
 
 
+def _lerp_adjoint(g: torch.Tensor, t: torch.Tensor, extra=None) -> torch.Tensor:
+    """The adjoint of ``y = lerp(a, b, t)`` (plus a difference output ``d = b - a`` whose gradient is ``extra``):
+    ``(d/da, d/db)`` stacked on a new axis -2: ``gb = t g + extra`` and ``ga = g - gb`` (= ``(1 - t) g - extra``)."""
+    gb = t * g if extra is None else torch.addcmul(extra, t, g)
+    return torch.stack([g - gb, gb], dim=-2)
+
+
 def _interpolate_backward(frac: torch.Tensor, scales: torch.Tensor, g, gj):
     """The adjoint of :func:`_interpolate`: d loss / d corner values [N,L,2,2,2,F] (``[z,y,x]``, float32) from
-    ``g`` = d loss / d features [N,L,F] and ``gj`` = d loss / d Jacobian [N,L,F,3] (either may be None)."""
-    one = torch.ones((), dtype=frac.dtype, device=frac.device)
-    a = torch.stack([one - frac, frac], dim=-1)                              # [N,L,3,2] lerp weights per axis
-    ax, ay, az = a[:, :, 0], a[:, :, 1], a[:, :, 2]                          # [N,L,2]
-    if gj is None:                                                           # w = az ay ax
-        w = az[:, :, :, None, None] * ay[:, :, None, :, None] * ax[:, :, None, None, :]
-        return w[..., None] * g[:, :, None, None, None, :]
-    sgn = torch.tensor([-1.0, 1.0], device=frac.device)
-    s = scales[None, :, None, None]                                          # [1,L,1,1]
-    gjx, gjy, gjz = (gj[..., k] for k in range(3))                           # [N,L,F]
-    g_vxy = s * sgn[:, None] * gjz[:, :, None]                               # [N,L,2z,F]: from jz
-    if g is not None:
-        g_vxy = g_vxy + az[..., None] * g[:, :, None]                        # from the features
-    g_dy = s * az[..., None] * gjy[:, :, None]                               # [N,L,2z,F]: from jy
-    g_vx = ay[:, :, None, :, None] * g_vxy[:, :, :, None] + sgn[:, None] * g_dy[:, :, :, None]   # [N,L,2z,2y,F]
-    g_dx = (s[..., None] * az[:, :, :, None, None] * ay[:, :, None, :, None]) * gjx[:, :, None, None]
-    return ax[:, :, None, None, :, None] * g_vx[..., None, :] + sgn[:, None] * g_dx[..., None, :]
+    ``g`` = d loss / d features [N,L,F] and ``gj`` = d loss / d Jacobian [N,L,F,3] (either may be None), by the
+    adjoints of its lerps taken in reverse (z, then y, then x)."""
+    fx, fy, fz = frac[:, :, 0, None, None, None], frac[:, :, 1, None, None], frac[:, :, 2, None]
+    if gj is None:
+        return _lerp_adjoint(_lerp_adjoint(_lerp_adjoint(g, fz), fy), fx)
+    s = scales[None, :, None]                                                # [1,L,1]
+    gjx, gjy, gjz = (gj[..., k] * s for k in range(3))                        # [N,L,F], times d pos / d x
+    g_vxy = _lerp_adjoint(torch.zeros_like(gjz) if g is None else g, fz, gjz)  # [N,L,2z,F]: features and jz
+    g_dy = _lerp_adjoint(gjy, fz)                                            # [N,L,2z,F]: jy = lerp_z(d_y)
+    g_vx = _lerp_adjoint(g_vxy, fy, g_dy)                                    # [N,L,2z,2y,F]
+    g_dx = _lerp_adjoint(_lerp_adjoint(gjx, fz), fy)                         # [N,L,2z,2y,F]: jx = lerp_z(lerp_y(d_x))
+    return _lerp_adjoint(g_vx, fx, g_dx)                                     # [N,L,2z,2y,2x,F]
 
 
 BACKENDS = ("auto", "torch", "triton")
