@@ -9,6 +9,8 @@ Works with either trainer API (``bench_to3d.make_trainer``): ``--src DIR`` impor
     python bench/bench_to3d_steps.py --out new.json
     python bench/bench_to3d_steps.py --src /tmp/old/src --out old.json
     python bench/bench_to3d_steps.py --tiny --out /tmp/s.json          # CPU smoke test, seconds
+    python bench/bench_to3d_steps.py --bundled --device cpu --presets cpu   # the CPU preset, the bundled model
+    python bench/bench_to3d_steps.py --set field.mlp_dtype=bfloat16      # a config switch (dotted key=value)
 
 Each stage: the state after ``--prime-steps`` steps is restored, ``--warmup`` untimed steps, then ``--iters``
 timed steps (CUDA events around each step; on CPU ``perf_counter``), every one from the same state and step, so
@@ -31,7 +33,7 @@ def bench_preset(preset: str, args, model, image, device) -> dict:
 
     from zero123.pipelines.image_to_3d_config import preset_config
 
-    cfg = preset_config("tiny" if args.tiny else preset)
+    cfg = preset_config("tiny" if args.tiny else preset, overrides=args.set)
     trainer = make_trainer(model, image, cfg, seed=0)
     for _ in range(args.prime_steps):
         trainer.train_step()
@@ -57,6 +59,11 @@ def main(argv=None) -> int:
     p.add_argument("--src", default=None, help="import zero123 from this folder (another commit's src/)")
     p.add_argument("--presets", nargs="+", default=["default", "fast"])
     p.add_argument("--tiny", action="store_true", help="tiny model + tiny preset on CPU (smoke test)")
+    p.add_argument("--bundled", action="store_true",
+                   help="the bundled default model (what `zero123 to3d` uses; e.g. the cpu preset on a CPU) "
+                        "instead of full-size random weights")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override of every preset timed (repeatable), e.g. field.mlp_dtype=bfloat16")
     p.add_argument("--device", default=None)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=10)
@@ -73,11 +80,19 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     source = str(Path(zero123.__file__).resolve().parent)
     print(f"zero123 from {source} on {device}", flush=True)
-    model = build_model(args, device, fast=True)
+    if args.bundled:
+        from zero123.pipelines.image_to_3d import load_guidance_model
+
+        # this checkout's bundled weights (an --src tree extracted without them times its code on the same model)
+        bundled = Path(__file__).resolve().parents[1] / "src" / "zero123" / "assets" / "default_model"
+        model = load_guidance_model(bundled if bundled.is_dir() else None, device=device)
+    else:
+        model = build_model(args, device, fast=True)
     image = synthetic_image(256)
     results = [bench_preset(name, args, model, image, device) for name in (["tiny"] if args.tiny else args.presets)]
     doc = {"zero123_source": source, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-           "warmup": args.warmup, "iters": args.iters, "prime_steps": args.prime_steps, "results": results}
+           "warmup": args.warmup, "iters": args.iters, "prime_steps": args.prime_steps, "set": args.set,
+           "model": "bundled" if args.bundled else ("tiny" if args.tiny else "full-size random"), "results": results}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")

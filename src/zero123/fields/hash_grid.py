@@ -71,13 +71,11 @@ class _Layout:
         self.sign = torch.tensor([-1.0, 1.0], dtype=torch.float32, device=device)          # [2]
 
 
-def _corner_indices_and_weights(x: torch.Tensor, lay: _Layout, with_jacobian: bool):
-    """For points ``x`` [N,3] in [0,1]: flat table indices [N,L,8], weights [N,L,8], and (optionally)
-    d weights / d x [N,L,8,3] (already multiplied by the level scale).
-
-    Corner ``c = dx + 2 dy + 4 dz``. Per-axis terms are formed on [N,L,2] tensors and combined by broadcasting,
-    which keeps the int64 work on [N,L,8] to one xor/add per axis.
-    """
+def _corners(x: torch.Tensor, lay: _Layout):
+    """For points ``x`` [N,3] in [0,1]: flat table indices [N,L,8] of the 8 corners (corner ``c = dx + 2 dy + 4
+    dz``, so ``idx.view(N,L,2,2,2)`` is indexed ``[z,y,x]``) and the fractional positions ``frac`` [N,L,3] in
+    [0,1) inside each level's cell. Per-axis terms are formed on [N,L,2] tensors and combined by broadcasting,
+    which keeps the int64 work on [N,L,8] to one xor/add per axis."""
     n, L, D = x.shape[0], lay.n_levels, lay.n_dense
     pos = x[:, None, :].float() * lay.scales[None, :, None] + 0.5            # [N,L,3]
     base_f = torch.floor(pos)
@@ -96,17 +94,52 @@ def _corner_indices_and_weights(x: torch.Tensor, lay: _Layout, with_jacobian: bo
         hi_ = hz[:, :, :, None, None] ^ hy[:, :, None, :, None] ^ hx[:, :, None, None, :]
         parts.append(hi_.reshape(n, L - D, 8) & lay.hash_mask)
     idx = (torch.cat(parts, 1) if len(parts) > 1 else parts[0]) + lay.offsets[None, :, None]   # [N,L,8]
-    a = torch.stack([1 - frac, frac], dim=-1)                                # [N,L,3,2] per-axis weights
-    ax, ay, az = a.unbind(2)
-    w = (az[:, :, :, None, None] * ay[:, :, None, :, None] * ax[:, :, None, None, :]).reshape(n, L, 8)
+    return idx, frac
+
+
+def _interpolate(vals: torch.Tensor, frac: torch.Tensor, scales: torch.Tensor, with_jacobian: bool):
+    """Trilinear interpolation of corner values ``vals`` [N,L,2,2,2,F] (``[z,y,x]``) at ``frac`` [N,L,3] by
+    successive lerps along x, y, z: features [N,L,F] and, optionally, their derivative w.r.t. the unit-cube point
+    [N,L,F,3] (``scales`` [L]: the level scales, d pos / d x). The derivative along an axis is the difference of
+    the two faces' lerps times the scale, so it shares the lerps of the features (no [N,L,8,3] weights)."""
+    f = frac.to(vals.dtype)
+    fx, fy, fz = f[:, :, 0, None, None, None], f[:, :, 1, None, None], f[:, :, 2, None]
+    vx = torch.lerp(vals[..., 0, :], vals[..., 1, :], fx)                    # [N,L,2z,2y,F]
+    vxy = torch.lerp(vx[:, :, :, 0], vx[:, :, :, 1], fy)                     # [N,L,2z,F]
+    feat = torch.lerp(vxy[:, :, 0], vxy[:, :, 1], fz)                        # [N,L,F]
     if not with_jacobian:
-        return idx, w, None
-    s = lay.sign * lay.scales[:, None]                                       # [L,2] d a / d x
-    s = s[None]
-    gx = (az[:, :, :, None, None] * ay[:, :, None, :, None] * s[:, :, None, None, :]).reshape(n, L, 8)
-    gy = (az[:, :, :, None, None] * s[:, :, None, :, None] * ax[:, :, None, None, :]).reshape(n, L, 8)
-    gz = (s[:, :, :, None, None] * ay[:, :, None, :, None] * ax[:, :, None, None, :]).reshape(n, L, 8)
-    return idx, w, torch.stack([gx, gy, gz], dim=-1)
+        return feat, None
+    s = scales.to(vals.dtype)[None, :, None]                                 # [1,L,1]
+    d_x = vals[..., 1, :] - vals[..., 0, :]                                  # [N,L,2z,2y,F]
+    d_x = torch.lerp(d_x[:, :, :, 0], d_x[:, :, :, 1], fy)
+    d_y = vx[:, :, :, 1] - vx[:, :, :, 0]                                    # [N,L,2z,F]
+    jx = torch.lerp(d_x[:, :, 0], d_x[:, :, 1], fz)
+    jy = torch.lerp(d_y[:, :, 0], d_y[:, :, 1], fz)
+    jz = vxy[:, :, 1] - vxy[:, :, 0]
+    return feat, torch.stack([jx, jy, jz], dim=-1) * s[..., None]
+
+
+def _lerp_adjoint(g: torch.Tensor, t: torch.Tensor, extra=None) -> torch.Tensor:
+    """The adjoint of ``y = lerp(a, b, t)`` (plus a difference output ``d = b - a`` whose gradient is ``extra``):
+    ``(d/da, d/db)`` stacked on a new axis -2: ``gb = t g + extra`` and ``ga = g - gb`` (= ``(1 - t) g - extra``)."""
+    gb = t * g if extra is None else torch.addcmul(extra, t, g)
+    return torch.stack([g - gb, gb], dim=-2)
+
+
+def _interpolate_backward(frac: torch.Tensor, scales: torch.Tensor, g, gj):
+    """The adjoint of :func:`_interpolate`: d loss / d corner values [N,L,2,2,2,F] (``[z,y,x]``, float32) from
+    ``g`` = d loss / d features [N,L,F] and ``gj`` = d loss / d Jacobian [N,L,F,3] (either may be None), by the
+    adjoints of its lerps taken in reverse (z, then y, then x)."""
+    fx, fy, fz = frac[:, :, 0, None, None, None], frac[:, :, 1, None, None], frac[:, :, 2, None]
+    if gj is None:
+        return _lerp_adjoint(_lerp_adjoint(_lerp_adjoint(g, fz), fy), fx)
+    s = scales[None, :, None]                                                # [1,L,1]
+    gjx, gjy, gjz = (gj[..., k] * s for k in range(3))                        # [N,L,F], times d pos / d x
+    g_vxy = _lerp_adjoint(torch.zeros_like(gjz) if g is None else g, fz, gjz)  # [N,L,2z,F]: features and jz
+    g_dy = _lerp_adjoint(gjy, fz)                                            # [N,L,2z,F]: jy = lerp_z(d_y)
+    g_vx = _lerp_adjoint(g_vxy, fy, g_dy)                                    # [N,L,2z,2y,F]
+    g_dx = _lerp_adjoint(_lerp_adjoint(gjx, fz), fy)                         # [N,L,2z,2y,F]: jx = lerp_z(lerp_y(d_x))
+    return _lerp_adjoint(g_vx, fx, g_dx)                                     # [N,L,2z,2y,2x,F]
 
 
 BACKENDS = ("auto", "torch", "triton")
@@ -141,14 +174,14 @@ class _HashGridFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, table, lay, with_jacobian, chunk):
         feats, jacs = [], []
+        n_feat = table.shape[1]
         for s in range(0, x.shape[0], chunk):
-            xc = x[s:s + chunk]
-            idx, w, dw = _corner_indices_and_weights(xc, lay, with_jacobian)
-            vals = torch.index_select(table, 0, idx.reshape(-1)).view(*idx.shape, -1)   # [n,L,8,F]
-            feats.append((w.to(vals.dtype)[..., None] * vals).sum(2).flatten(1))
+            idx, frac = _corners(x[s:s + chunk], lay)
+            vals = torch.index_select(table, 0, idx.reshape(-1)).view(*idx.shape[:2], 2, 2, 2, n_feat)
+            feat, jac = _interpolate(vals, frac, lay.scales, with_jacobian)
+            feats.append(feat.flatten(1))
             if with_jacobian:
-                # [n, L*F, 3]
-                jacs.append(torch.einsum("nlck,nlcf->nlfk", dw.to(vals.dtype), vals).flatten(1, 2))
+                jacs.append(jac.flatten(1, 2))                                # [n, L*F, 3]
         ctx.save_for_backward(x)
         ctx.lay, ctx.with_jacobian, ctx.chunk, ctx.table_shape = lay, with_jacobian, chunk, table.shape
         ctx.table_dtype = table.dtype
@@ -168,14 +201,12 @@ class _HashGridFunction(torch.autograd.Function):
         for s in range(0, x.shape[0], ctx.chunk):
             xc = x[s:s + ctx.chunk]
             use_jac = ctx.with_jacobian and grad_jac is not None
-            idx, w, dw = _corner_indices_and_weights(xc, lay, use_jac)
-            coef = torch.zeros(*w.shape, n_feat, dtype=torch.float32, device=x.device)   # [n,L,8,F]
-            if grad_feat is not None:
-                g = grad_feat[s:s + ctx.chunk].float().view(-1, n_levels, n_feat)
-                coef = coef + w[..., None] * g[:, :, None, :]
-            if use_jac:
-                gj = grad_jac[s:s + ctx.chunk].float().view(-1, n_levels, n_feat, 3)
-                coef = coef + torch.einsum("nlck,nlfk->nlcf", dw, gj)
+            if grad_feat is None and not use_jac:
+                break
+            idx, frac = _corners(xc, lay)
+            g = grad_feat[s:s + ctx.chunk].float().view(-1, n_levels, n_feat) if grad_feat is not None else None
+            gj = grad_jac[s:s + ctx.chunk].float().view(-1, n_levels, n_feat, 3) if use_jac else None
+            coef = _interpolate_backward(frac, lay.scales, g, gj)                 # [n,L,2,2,2,F]
             grad_table.index_add_(0, idx.reshape(-1), coef.reshape(-1, n_feat))
         return None, grad_table.to(ctx.table_dtype), None, None, None
 

@@ -1,6 +1,6 @@
 """Triton kernels of the hash-grid encoding: the fast path of :mod:`zero123.fields.hash_grid` on CUDA.
 
-Same arithmetic as the PyTorch path (``_corner_indices_and_weights``): per level ``pos = x * scale + 0.5``, the 8
+Same arithmetic as the PyTorch path (``_corners`` and ``_interpolate``): per level ``pos = x * scale + 0.5``, the 8
 corners ``c = dx + 2 dy + 4 dz`` of the cell, dense indexing ``x + y R + z R^2`` (clamped to ``R - 1``) on the
 coarse levels and the prime hash ``(x * 1) ^ (y * 2654435761) ^ (z * 805459861) & mask`` on the others.
 

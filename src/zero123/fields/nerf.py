@@ -48,9 +48,14 @@ class FieldConfig:
     chunk: int = 1 << 18                    # points per hash-grid chunk (PyTorch path)
     encoding_backend: str = "auto"          # "auto" (Triton kernels on CUDA), "torch" or "triton"
     checkpoint_mlp: bool = True             # recompute MLP activations in backward (saves memory)
+    mlp_dtype: str = "float32"              # "float32", "bfloat16" or "float16": the MLPs (and their Jacobian)
+                                            # under autocast; encoding, density bias and activations stay float32
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+MLP_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _mlp(n_in: int, n_out: int, width: int, hidden: int) -> nn.ModuleList:
@@ -73,9 +78,9 @@ def _mlp_forward_with_jacobian(weights, h, dh):
         h = h @ w.t()
         dh = dh @ w.t()
         if i < n - 1:
-            active = (h > 0).to(h.dtype)
-            h = h * active
-            dh = dh * active[:, None, :]
+            active = h > 0                                  # the ReLU's derivative, kept as a bool mask
+            h = torch.relu(h)
+            dh = torch.where(active[:, None, :], dh, 0.0)
     return h, dh
 
 
@@ -107,6 +112,8 @@ class NeRFField(nn.Module):
                                f"{', '.join(HASH_GRID_BACKENDS)}")
         if config.density_activation not in ("softplus", "exp"):
             raise Zero123Error(f"unknown density_activation {config.density_activation!r}")
+        if config.mlp_dtype not in MLP_DTYPES:
+            raise Zero123Error(f"unknown mlp_dtype {config.mlp_dtype!r}: use one of {', '.join(MLP_DTYPES)}")
         self.encoding = HashGridEncoding(config.n_levels, config.n_features_per_level, config.log2_hashmap_size,
                                          config.base_resolution, config.per_level_scale, chunk=config.chunk,
                                          backend=config.encoding_backend)
@@ -147,10 +154,19 @@ class NeRFField(nn.Module):
             return F.softplus(raw)
         return torch.exp(raw.clamp(max=15.0))
 
+    def _autocast(self, device: torch.device):
+        """The MLPs' precision (``mlp_dtype``): autocast of their matmuls and element-wise work (the weights and
+        their gradients stay float32; outputs are cast back to float32 by the callers)."""
+        dtype = MLP_DTYPES[self.config.mlp_dtype]
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
     def _mlp(self, layers, h):
-        if self.config.checkpoint_mlp and torch.is_grad_enabled() and h.requires_grad:
-            return checkpoint(_mlp_forward, layers, h, use_reentrant=False)
-        return _mlp_forward(layers, h)
+        with self._autocast(h.device):
+            if self.config.checkpoint_mlp and torch.is_grad_enabled() and h.requires_grad:
+                out = checkpoint(_mlp_forward, layers, h, use_reentrant=False)
+            else:
+                out = _mlp_forward(layers, h)
+        return out.float()
 
     # ----- public -----------------------------------------------------------------------------------------
     def density(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,10 +193,13 @@ class NeRFField(nn.Module):
             inside = ((x > -self.radius) & (x < self.radius)).to(jac.dtype)          # [N,3]
             djac = jac.transpose(1, 2) * (inside / (2 * self.radius))[:, :, None]    # [N,3,D]
             weights = [lin.weight for lin in self.density_net]
-            if self.config.checkpoint_mlp and torch.is_grad_enabled() and (enc.requires_grad or djac.requires_grad):
-                raw_mlp, draw = checkpoint(_mlp_forward_with_jacobian, weights, enc, djac, use_reentrant=False)
-            else:
-                raw_mlp, draw = _mlp_forward_with_jacobian(weights, enc, djac)
+            with self._autocast(x.device):
+                if self.config.checkpoint_mlp and torch.is_grad_enabled() and (enc.requires_grad or
+                                                                               djac.requires_grad):
+                    raw_mlp, draw = checkpoint(_mlp_forward_with_jacobian, weights, enc, djac, use_reentrant=False)
+                else:
+                    raw_mlp, draw = _mlp_forward_with_jacobian(weights, enc, djac)
+            raw_mlp, draw = raw_mlp.float(), draw.float()
             raw = raw_mlp[:, 0] + self.density_bias(x)
             grad = draw[:, :, 0] + self.density_bias_grad(x)
             normal = -F.normalize(grad, dim=-1)

@@ -17,7 +17,9 @@ Exactness (``tests/test_chunked.py`` compares the gradients in float64):
   the band border is counted in the lower band only, and that row's own per-pixel terms in the band above only;
 * the counts that normalise (pixels, samples, neighbour pairs) come from the sampling; the number of rays with
   opacity > 0 (orient) from :func:`opaque_ray_count`, a no-grad density pass over the kept samples that computes
-  the opacity with the compositing code of the render itself.
+  the opacity with the compositing code of the render itself, or, when the render has image terms (SDS), from
+  the opacity of the no-grad render of the whole images those terms need anyway (rendered without the normal
+  outputs, which the rgb does not use).
 
 Parts are chosen by sample count (:func:`parts_by_samples`): whole rows are added to a band until it would hold
 more than ``max_samples`` samples, so the budget holds whatever the object's silhouette.
@@ -237,11 +239,18 @@ def render_backward(field, cameras, height: int, weights: Dict[str, float], *,
         return {k: v.detach() for k, v in terms.items()}, stats
     totals: Dict[str, torch.Tensor] = {}
     extra = None
+    opaque = None
     if image_terms is not None:
+        # the whole images without gradient; no normals beyond what the shading needs (the rgb is the same), and
+        # their opacity gives the count of rays with opacity > 0 that the orient term needs (no density pass)
         with torch.no_grad():
-            rgb = torch.cat([torch.cat([render(field, cameras, height, rows=p.rows, views=p.views, **common).rgb
-                                        for p in parts if (p.views.start, p.views.stop) == v], dim=1)
-                             for v in dict.fromkeys((p.views.start, p.views.stop) for p in parts)])
+            outs = [render(field, cameras, height, rows=p.rows, views=p.views, **{**common, "with_normals": False})
+                    for p in parts]
+            rgb = torch.cat([torch.cat([o.rgb for o, p in zip(outs, parts) if (p.views.start, p.views.stop) == v],
+                                       dim=1) for v in dict.fromkeys((p.views.start, p.views.stop) for p in parts)])
+            if with_normals:
+                opaque = int(sum((o.opacity > 0).sum() for o in outs))
+            del outs
         image = rgb.detach().requires_grad_(True)
         totals = dict(image_terms(image))
         loss = sum(weights.get(k, 0.0) * v for k, v in totals.items())
@@ -250,7 +259,8 @@ def render_backward(field, cameras, height: int, weights: Dict[str, float], *,
         if grad is not None:
             def extra(out, p):
                 return (_own(out, p, "rgb") * grad[p.views, p.rows]).sum()
-    opaque = opaque_ray_count(field, cameras, samples) if with_normals else None
+    if with_normals and opaque is None:
+        opaque = opaque_ray_count(field, cameras, samples)
     whole = WholeCounts(samples.batch, height, height, samples.num_samples, opaque)
     terms = backward_in_parts(
         parts, lambda p: render(field, cameras, height, rows=p.render_rows, views=p.views, **common),

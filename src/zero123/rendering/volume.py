@@ -189,6 +189,8 @@ def shade(albedo, normal, points, light_positions, shading: str, ambient_ratio: 
         ambient, diffuse = float(ambient_ratio), 1.0 - float(ambient_ratio)
     else:
         ambient, diffuse = settings.ambient_light, settings.diffuse_light
+    if diffuse == 0.0 and shading == "diffuse":     # ambient only (the reference view): no light term to compute
+        return albedo.clamp(0.0, 1.0) * ambient
     light_dir = F.normalize(light_positions - points, dim=-1)
     lam = (normal * light_dir).sum(-1, keepdim=True).clamp_min(0.0)
     textureless = lam * diffuse + ambient
