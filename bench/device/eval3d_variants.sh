@@ -13,7 +13,9 @@
 # Knobs (environment): N objects (20), SHARDS processes per model config (4), GT_SHARDS processes for the
 # gt_views/extrude/sphere rows of the base (2), GT_STEPS of the gt_views reconstruction (100), T_EVAL seconds for
 # the processes (480), ONLY (space-separated config names to run; default all lines), VARIANTS_FILE, DEVICE
-# (cuda), VIEWS per object (8), SIZE of the renders (128), CHECKPOINT (bundled), EXTRA (options for every process).
+# (cuda), VIEWS per object (8), SIZE of the renders (128), CHECKPOINT (bundled), EXTRA (options for every process),
+# REF_ROWS the base's reference rows (gt_views,extrude,sphere; e.g. extrude,sphere when gt_views is known), TGZ=1
+# (everything in $OUT/eval3d_variants.tgz beside the tables: the device returns at most 8 files, 2 folders deep).
 # CPU check with tiny settings (about 3 minutes on 2 cores):
 #   OUT=/tmp/o N=2 SHARDS=1 GT_SHARDS=1 GT_STEPS=20 DEVICE=cpu VIEWS=2 SIZE=32 T_EVAL=300 \
 #     VARIANTS_FILE=bench/device/eval3d_variants_tiny.txt CHECKPOINT=../shared/fixtures/tiny_zero123_ldm.ckpt \
@@ -26,7 +28,8 @@ N=${N:-20} SHARDS=${SHARDS:-4} GT_SHARDS=${GT_SHARDS:-2} GT_STEPS=${GT_STEPS:-10
 DEVICE=${DEVICE:-cuda} VIEWS=${VIEWS:-8} SIZE=${SIZE:-128} EXTRA=${EXTRA:-} ONLY=${ONLY:-}
 VARIANTS_FILE=${VARIANTS_FILE:-bench/device/eval3d_variants.txt}
 WORK=${WORK:-/tmp/eval3d_variants_work}
-RES=$OUT/eval3d_variants
+REF_ROWS=${REF_ROWS:-gt_views,extrude,sphere}
+RES=$OUT/eval3d_variants; [ "${TGZ:-0}" = 1 ] && RES=$WORK/results/eval3d_variants
 ZERO123="python3 bench/cli_no_ffmpeg.py"  # the zero123 CLI; MP4s as raw frames where imageio-ffmpeg is missing
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 rm -rf "$WORK" && mkdir -p "$WORK" "$RES"
@@ -76,7 +79,7 @@ done
 base_opts=(${OPTS[base]})
 for ((k = 0; k < GT_SHARDS; k++)); do
   [ -n "$(part "$k" "$GT_SHARDS")" ] && launch "$WORK/base_ref.$k.log" --out "$WORK/base_ref" \
-    --rows gt_views,extrude,sphere --gt-views-steps "$GT_STEPS" "${base_opts[@]}" --objects "$(part "$k" "$GT_SHARDS")"
+    --rows "$REF_ROWS" --gt-views-steps "$GT_STEPS" "${base_opts[@]}" --objects "$(part "$k" "$GT_SHARDS")"
 done
 for p in "${pids[@]}"; do wait "$p" || echo "a process ended with status $? (timeout: 124)"; done
 echo "eval-3d processes: $(( $(date +%s) - t0 )) s"
@@ -91,7 +94,7 @@ for name in "${names[@]}"; do
   # shellcheck disable=SC2206
   opts=(${OPTS[$name]}); tab "$name" model "${opts[@]}" &
 done
-tab base_ref gt_views,extrude,sphere --gt-views-steps "$GT_STEPS" "${base_opts[@]}" &
+tab base_ref "$REF_ROWS" --gt-views-steps "$GT_STEPS" "${base_opts[@]}" &
 wait
 cmp_args=(--base "$WORK/base/eval3d.json" --reference "$WORK/base_ref/eval3d.json" --out "$RES")
 for name in "${names[@]}"; do
@@ -109,4 +112,7 @@ done
 cp "$VARIANTS_FILE" "$RES/variants.txt"
 for f in "$WORK"/*.log; do echo "== $(basename "$f")"; cat "$f"; done > "$OUT/eval3d_variants.log"
 grep -h -i "error\|Traceback" "$WORK"/*.log | head -5
+if [ "${TGZ:-0}" = 1 ]; then
+  tar czf "$OUT/eval3d_variants.tgz" -C "$WORK/results" eval3d_variants && cp "$RES"/*.md "$RES"/table_*.txt "$OUT/"
+fi
 echo "total: $(( $(date +%s) - t0 )) s"
