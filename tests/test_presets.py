@@ -137,3 +137,28 @@ def test_is_bundled_model_and_the_to3d_cli_auto_preset(tmp_path, capsys, fixture
         assert main(["to3d", str(img), "--out", str(tmp_path / "o"), "--device", "cuda", "--print-config"] + extra) == 0
         picked.append(__import__("yaml").safe_load(capsys.readouterr().out)["preset"])
     assert picked == ["bundled", "default"]
+
+
+def test_eval3d_model_row_picks_auto_as_to3d_does(monkeypatch):
+    """eval-3d's model row with `--preset auto` gets the preset to3d would: the bundled model's on a GPU."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    import zero123.pipelines.image_to_3d as pipeline
+    from zero123.evaluation import eval3d
+
+    seen = []
+
+    def fake_to3d(*args, **kwargs):
+        seen.append(kwargs["config"].preset)
+        raise KeyError("stop")
+
+    monkeypatch.setattr(pipeline, "to3d", fake_to3d)
+    cfg = eval3d.Eval3DConfig(preset="auto").validate()
+    for device, bundled in (("cuda", True), ("cuda", False), ("cpu", True)):
+        with pytest.raises(KeyError):
+            eval3d._model_mesh(SimpleNamespace(device=torch.device(device), bundled=bundled),
+                               np.zeros((8, 8, 4), np.uint8), cfg, None)
+    assert seen == ["bundled", "default", "cpu"]

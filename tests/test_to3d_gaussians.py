@@ -149,4 +149,4 @@ def test_eval3d_takes_the_representation(monkeypatch):
     monkeypatch.setattr(pipeline, "to3d", fake_to3d)
     with pytest.raises(KeyError):
         eval3d._model_mesh(None, np.zeros((8, 8, 4), np.uint8), cfg, None)
-    assert seen["representation"] == "gaussians" and seen["preset"] == "tiny"
+    assert seen["representation"] == "gaussians" and seen["config"].preset == "tiny"

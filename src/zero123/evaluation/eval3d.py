@@ -397,7 +397,8 @@ def _model_mesh(model, input_rgba: np.ndarray, cfg: Eval3DConfig, out_dir: Path)
 
     from ..pipelines.image_to_3d import to3d
 
-    config = cfg.to3d_config(model.device)
+    # `--preset auto` as to3d picks it: the model's device, and the bundled model's own GPU preset
+    config = cfg.to3d_config(getattr(model, "device", None), bundled=getattr(model, "bundled", False))
     # the row scores model.ply only (its mesh and vertex colours): the texture, turntable, preview and mid-run
     # checkpoints, which do not change it, are made as small and as few as the tiny preset's
     ex = config.export
