@@ -13,6 +13,8 @@ from zero123.models.configs import tiny_config
 from zero123.pipelines import image_to_3d
 from zero123.pipelines.image_to_3d import ImageTo3DTrainer, Interrupted, load_checkpoint, to3d
 
+from test_to3d import ctrl_c_at_step
+
 
 def object_image(size=64) -> Image.Image:
     yy, xx = np.mgrid[:size, :size]
@@ -97,20 +99,13 @@ def test_to3d_replaces_an_earlier_run_whole_ctrl_c_names_the_state_and_resume_co
     (out / "checkpoints").mkdir(parents=True)
     for name in ("turntable.gif", "model.obj", "input.png", "checkpoints/state.pt"):
         (out / name).write_bytes(b"old")
-    orig = ImageTo3DTrainer.train_step
-
-    def ctrl_c(self):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ImageTo3DTrainer, "train_step", ctrl_c)
-    with pytest.raises(Interrupted) as info:
+    with ctrl_c_at_step(monkeypatch, 1), pytest.raises(Interrupted) as info:
         to3d(object_image(), out_dir=out, preset="tiny", steps=1, model=model, progress=False, export=False)
     assert (info.value.step, info.value.steps, info.value.checkpoint) == (0, 1, out / "checkpoints" / "state.pt")
     assert load_checkpoint(info.value.checkpoint)["step"] == 0
     # the earlier run's files are gone, not mixed with this run's
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "input_rgba.png", "mask.png"]  # this run's
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
-    monkeypatch.setattr(ImageTo3DTrainer, "train_step", orig)
     (out / "notes.txt").write_text("kept")  # resuming in place continues the folder as it is
     res = to3d(out / "input_rgba.png", out_dir=out, resume=out, model=model, progress=False, export=False)
     assert res.steps == 1 and load_checkpoint(out)["step"] == 1 and (out / "notes.txt").exists()

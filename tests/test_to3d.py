@@ -1,5 +1,7 @@
 """Image-to-3D pipeline and CLI on CPU with the tiny random model: files, resume, errors."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,26 @@ def object_image(size=64) -> Image.Image:
     rgba[m] = [200, 60, 40, 255]
     rgba[m & (xx > size / 2)] = [40, 90, 200, 255]
     return Image.fromarray(rgba)
+
+
+@contextlib.contextmanager
+def ctrl_c_at_step(monkeypatch, n: int):
+    """Inside the block, the image-to-3D trainer's ``n``-th train step (1-based) raises KeyboardInterrupt as a
+    Ctrl-C would; the real ``train_step`` is back after the block."""
+    calls = {"n": 0}
+    orig = ImageTo3DTrainer.train_step
+
+    def step(self):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return orig(self)
+
+    monkeypatch.setattr(ImageTo3DTrainer, "train_step", step)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(ImageTo3DTrainer, "train_step", orig)
 
 
 @pytest.fixture(scope="module")
@@ -85,20 +107,9 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(model, tmp_path, monkey
     full = to3d(image, out_dir=tmp_path / "full", preset="tiny", steps=4, model=model, progress=False,
                 export=False, seed=3)
     # interrupted run: Ctrl-C during the 4th step (after 3 completed steps; the periodic checkpoint was at 2)
-    calls = {"n": 0}
-    orig = ImageTo3DTrainer.train_step
-
-    def flaky(self):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return orig(self)
-
-    monkeypatch.setattr(ImageTo3DTrainer, "train_step", flaky)
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_at_step(monkeypatch, 4), pytest.raises(KeyboardInterrupt):
         to3d(image, out_dir=tmp_path / "cut", preset="tiny", steps=4, model=model, progress=False, export=False,
              seed=3)
-    monkeypatch.setattr(ImageTo3DTrainer, "train_step", orig)
     saved = load_checkpoint(tmp_path / "cut")
     assert saved["step"] == 3
     resumed = to3d(image, out_dir=tmp_path / "cut", resume=tmp_path / "cut", model=model, progress=False,

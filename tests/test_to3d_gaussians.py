@@ -9,10 +9,10 @@ import trimesh
 
 from zero123.errors import Zero123Error
 from zero123.models.configs import tiny_config
-from zero123.pipelines.image_to_3d import ImageTo3DTrainer, load_checkpoint, to3d
+from zero123.pipelines.image_to_3d import load_checkpoint, to3d
 from zero123.pipelines.image_to_3d_config import ImageTo3DConfig, preset_config
 
-from test_to3d import object_image
+from test_to3d import ctrl_c_at_step, object_image
 
 
 @pytest.fixture(scope="module")
@@ -74,19 +74,8 @@ def test_gaussian_resume_after_ctrl_c_equals_an_uninterrupted_run(model, tmp_pat
     kw = dict(preset="tiny", steps=3, model=model, progress=False, export=False, seed=3,
               representation="gaussians", input_elevation=5.0)
     full = to3d(image, out_dir=tmp_path / "full", **kw)
-    calls = {"n": 0}
-    orig = ImageTo3DTrainer.train_step
-
-    def flaky(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return orig(self)
-
-    monkeypatch.setattr(ImageTo3DTrainer, "train_step", flaky)
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_at_step(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
         to3d(image, out_dir=tmp_path / "cut", **kw)
-    monkeypatch.setattr(ImageTo3DTrainer, "train_step", orig)
     saved = load_checkpoint(tmp_path / "cut")
     assert saved["step"] == 2
     n_saved = saved["model"]["gaussians.means"].shape[0]
