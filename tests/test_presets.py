@@ -162,3 +162,8 @@ def test_eval3d_model_row_picks_auto_as_to3d_does(monkeypatch):
             eval3d._model_mesh(SimpleNamespace(device=torch.device(device), bundled=bundled),
                                np.zeros((8, 8, 4), np.uint8), cfg, None)
     assert seen == ["bundled", "default", "cpu"]
+    # evaluate_3d records the resolved preset in its cache key by the same rule
+    assert [cfg.resolved(d, bundled=b).preset for d, b in (("cuda", True), ("cuda", False), ("cpu", True))] == \
+        ["bundled", "default", "cpu"]
+    gauss = eval3d.Eval3DConfig(preset="auto", representation="gaussians").validate()
+    assert gauss.resolved("cuda", bundled=True).preset == "default"  # the Gaussians have no bundled preset

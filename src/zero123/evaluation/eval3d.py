@@ -13,9 +13,10 @@ For each held-out object of a ``zero123 render-dataset`` folder:
   (2.0), the dataset's field of view, size and light. None of the held-out views is this camera.
 * **Rows.** ``model``: :func:`zero123.pipelines.image_to_3d.to3d` on the input view (told its elevation) with the
   preset, ``config_file`` and ``overrides`` on top (``--config`` / ``--set``; its texture, turntable and preview
-  at the tiny preset's sizes, which the scored mesh does not depend on); its ``model.ply`` is in the export frame (front toward +Z, :mod:`zero123.camera`), mapped back into
-  the ground truth's world with the input camera's azimuth. ``gt_views``: the 3D stage's upper bound,
-  :func:`zero123.evaluation.mesh_reconstruction.reconstruct_mesh` from many ground-truth renders.
+  at the tiny preset's sizes, which the scored mesh does not depend on); its ``model.ply`` is in the export frame
+  (front toward +Z, :mod:`zero123.camera`), mapped back into the ground truth's world with the input camera's
+  azimuth. ``gt_views``: the 3D stage's upper bound, :func:`zero123.evaluation.mesh_reconstruction.reconstruct_mesh`
+  from many ground-truth renders.
   ``extrude``: the input silhouette extruded along the viewing axis (orthographically, in the plane through the
   origin) to a depth equal to its width. ``sphere``: a sphere of the silhouette's size (diameter = the larger
   side of its bounding box) in that plane. Baselines are coloured by projecting the input view onto them
@@ -124,6 +125,15 @@ class Eval3DConfig:
 
             key["config_file"] = read_config_file(self.config_file)
         return key
+
+    def resolved(self, device=None, bundled: bool = False) -> "Eval3DConfig":
+        """This config with ``preset="auto"`` replaced by the preset that to3d runs for it (``preset_config``'s rule:
+        the device, whether the model is the bundled one, the representation)."""
+        if self.preset != "auto":
+            return self
+        from dataclasses import replace
+
+        return replace(self, preset=self.to3d_config(device, bundled=bundled).preset)
 
     def to3d_config(self, device=None, bundled: bool = False):
         """The model row's :class:`ImageTo3DConfig`: the preset, then ``config_file``, ``overrides``, ``steps``
@@ -397,8 +407,10 @@ def _model_mesh(model, input_rgba: np.ndarray, cfg: Eval3DConfig, out_dir: Path)
 
     from ..pipelines.image_to_3d import to3d
 
-    # `--preset auto` as to3d picks it: the model's device, and the bundled model's own GPU preset
-    config = cfg.to3d_config(getattr(model, "device", None), bundled=getattr(model, "bundled", False))
+    from ..loading import is_bundled_model
+
+    # `--preset auto` as to3d picks it (evaluate_3d has resolved it already: the same rule)
+    config = cfg.to3d_config(getattr(model, "device", None), bundled=is_bundled_model(model=model))
     # the row scores model.ply only (its mesh and vertex colours): the texture, turntable, preview and mid-run
     # checkpoints, which do not change it, are made as small and as few as the tiny preset's
     ex = config.export
@@ -510,13 +522,11 @@ def evaluate_3d(root, out_dir, cfg: Optional[Eval3DConfig] = None, *, checkpoint
 
         model = load_guidance_model(checkpoint, variant=variant, device=device, dtype=dtype)
     rec_device = model.device if model is not None else (device or "cpu")
-    if cfg.preset == "auto":  # record the preset that runs (cpu or default), as to3d picks it
-        from dataclasses import replace
+    if cfg.preset == "auto":  # record the preset that runs, as to3d picks it
+        from ..loading import is_bundled_model
 
-        from ..pipelines.image_to_3d_config import auto_preset
-
-        cfg = replace(cfg, preset=auto_preset(model.device if model is not None else device,
-                                              bundled=checkpoint is None and cfg.representation == "nerf"))
+        cfg = cfg.resolved(model.device if model is not None else device,
+                           bundled=is_bundled_model(checkpoint, model))
         key["preset"] = cfg.preset
     per_object: Dict[str, dict] = {}
     bar = tqdm(total=len(objects) * len(cfg.rows), desc="eval-3d", unit="run", disable=not progress)

@@ -51,8 +51,11 @@ def bundled_model_path() -> Path:
     return BUNDLED_MODEL_DIR
 
 
-def is_bundled_model(path=None) -> bool:
-    """Whether ``path`` (None: the default) names the bundled model's folder."""
+def is_bundled_model(path=None, model=None) -> bool:
+    """Whether the model is the bundled one: with a ``model``, its mark from :func:`load_model` (a model built any
+    other way is not); else whether ``path`` (None: the default, the bundled model) names the bundled folder."""
+    if model is not None:
+        return bool(getattr(model, "bundled", False))
     if path is None:
         return True
     try:

@@ -241,9 +241,9 @@ def to3d(image, checkpoint=None, out_dir="out", *, preset: str = "auto", steps: 
     else:
         from ..loading import is_bundled_model
 
-        bundled = getattr(model, "bundled", False) if model is not None else is_bundled_model(checkpoint)
         cfg = config if config is not None else preset_config(preset, steps, device=dev,
-                                                              representation=representation, bundled=bundled)
+                                                              representation=representation,
+                                                              bundled=is_bundled_model(checkpoint, model))
         if representation is not None and cfg.representation != representation:
             raise Zero123Error(f"representation {representation!r} given but the config's is "
                                f"{cfg.representation!r}")

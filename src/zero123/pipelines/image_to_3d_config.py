@@ -6,8 +6,8 @@
 runs 300 steps at lower resolution (random views 64/128 px, reference 128/256 px, 256 samples per ray) and exports
 a lighter mesh and video. ``cpu`` fits a laptop-class CPU with the small bundled model (200 steps, random views
 32/64 px in batches of 4/2, reference view 64 px, an 8-level hash grid, 64 samples per ray; about 1.1-1.4 s a step
-on 2 cores). ``bundled`` is the GPU preset of the small bundled 128 px model (``fast`` with its changes for that
-model, each with its ``zero123 eval-3d`` delta in ``bench/RESULTS.md``). ``tiny`` is for CPU tests with the tiny
+on 2 cores). ``bundled`` is the GPU preset of the small bundled 128 px model (``fast``'s settings; a change for that
+model goes in only with its ``zero123 eval-3d`` delta, ``bench/RESULTS.md``). ``tiny`` is for CPU tests with the tiny
 random model (a handful of steps, 16 px). ``auto_preset(device, bundled)`` picks ``cpu`` on a CPU and, on a GPU,
 ``bundled`` for the bundled model and ``default`` for any other checkpoint (the one device-dependent rule).
 
@@ -240,8 +240,9 @@ def preset_config(name: str = "default", steps: Optional[int] = None, device=Non
     """The named preset (``default``, ``fast``, ``cpu``, ``tiny``, ``bundled``:
     ``zero123/assets/presets/<name>.yaml``, or ``auto``: :func:`auto_preset` of ``device`` and ``bundled``, whether
     the model is the bundled one; the Gaussians have no ``bundled`` preset, so auto picks theirs as before), then,
-    each on top of the one before: ``config_file`` (a YAML/JSON file of the same keys, any subset), dotted ``key=value`` ``overrides`` (values parsed as YAML, as
-    ``zero123 train`` takes them) and ``steps``. Unknown keys and ill-typed values are one-line errors.
+    each on top of the one before: ``config_file`` (a YAML/JSON file of the same keys, any subset), dotted
+    ``key=value`` ``overrides`` (values parsed as YAML, as ``zero123 train`` takes them) and ``steps``. Unknown keys
+    and ill-typed values are one-line errors.
     ``representation``: ``nerf`` (None: the preset's own, nerf) or ``gaussians`` (the same preset names, from
     ``presets/gaussians/``: :func:`preset_data`)."""
     rep = "nerf" if representation is None else str(representation).strip().lower()
