@@ -68,7 +68,6 @@ class _Layout:
         self.hash_mask = (next(iter(hashed_sizes)) - 1) if hashed_sizes else 0
         self.primes = torch.tensor(_PRIMES, dtype=torch.int64, device=device)             # [3]
         self.bit = torch.tensor([0, 1], dtype=torch.int64, device=device)                 # [2]
-        self.sign = torch.tensor([-1.0, 1.0], dtype=torch.float32, device=device)          # [2]
 
 
 def _corners(x: torch.Tensor, lay: _Layout):
@@ -198,12 +197,11 @@ class _HashGridFunction(torch.autograd.Function):
         n_levels = lay.scales.numel()
         n_feat = ctx.table_shape[1]
         grad_table = torch.zeros(ctx.table_shape, dtype=torch.float32, device=x.device)
+        use_jac = ctx.with_jacobian and grad_jac is not None
+        if grad_feat is None and not use_jac:  # nothing flows back into the table
+            return None, grad_table.to(ctx.table_dtype), None, None, None
         for s in range(0, x.shape[0], ctx.chunk):
-            xc = x[s:s + ctx.chunk]
-            use_jac = ctx.with_jacobian and grad_jac is not None
-            if grad_feat is None and not use_jac:
-                break
-            idx, frac = _corners(xc, lay)
+            idx, frac = _corners(x[s:s + ctx.chunk], lay)
             g = grad_feat[s:s + ctx.chunk].float().view(-1, n_levels, n_feat) if grad_feat is not None else None
             gj = grad_jac[s:s + ctx.chunk].float().view(-1, n_levels, n_feat, 3) if use_jac else None
             coef = _interpolate_backward(frac, lay.scales, g, gj)                 # [n,L,2,2,2,F]
