@@ -50,7 +50,46 @@ def bench_preset(preset: str, args, model, image, device) -> dict:
         print(f"{preset}: stage {stage} ({rows[-1]['batch']}x{rows[-1]['resolution']} px, ref "
               f"{rows[-1]['reference_resolution']} px): {rows[-1]['median_ms']:.1f} ms/step "
               f"(min {rows[-1]['min_ms']:.1f}, {rows[-1]['samples']} samples)", flush=True)
+        if args.profile:
+            rows[-1]["profile"] = profile_stage_step(trainer, base, step, device, Path(args.profile),
+                                                     f"{preset}_stage{stage}")
     return {"preset": preset if not args.tiny else "tiny", "stages": rows}
+
+
+def profile_stage_step(trainer, state: dict, step: int, device, folder: Path, name: str, iters: int = 3) -> dict:
+    """torch.profiler over ``iters`` steps of ``step`` (after one untimed): the op table by self device time
+    (``folder/<name>.txt``) and how much of the wall time the device was busy (kernel time / wall; far under 1
+    means the step waits on the host: launches, syncs)."""
+    import time
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer.load_state_dict(copy.deepcopy(state))
+    trainer.step = step
+    trainer.train_step()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            trainer.step = step
+            trainer.train_step()
+        sync()
+        wall = time.perf_counter() - t0
+    ka = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    busy_us = sum(getattr(e, key, 0.0) for e in ka) if device.type == "cuda" else None
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.txt").write_text(ka.table(sort_by=key, row_limit=40))
+    out = {"wall_ms_per_step": 1000 * wall / iters,
+           "kernels": sum(e.count for e in ka if getattr(e, "device_type", None) is not None
+                          and str(e.device_type).endswith("CUDA")) // iters}
+    if busy_us is not None:
+        out["device_busy_fraction"] = busy_us / 1e6 / wall
+    print(f"  profile {name}: {out}", flush=True)
+    return out
 
 
 def main(argv=None) -> int:
@@ -68,6 +107,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--prime-steps", type=int, default=3, help="training steps before timing")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="also torch.profiler each stage's step: op tables under DIR, the device-busy fraction")
     args = p.parse_args(argv)
     if args.src:
         sys.path.insert(0, str(Path(args.src).resolve()))

@@ -132,6 +132,10 @@ def test_eval_3d_cli_two_objects(dataset, fixtures_dir, tmp_path, capsys):
         assert rows["extrude"]["gt_rerender_psnr"] == 100.0
         for row in ("extrude", "sphere"):
             assert 0 < rows[row]["chamfer"] < 0.5 and 0 < rows[row]["iou"] < 1
+        # each row's wall time, and the model row's to3d stages inside it
+        sec = rows["model"]["seconds"]
+        assert sec["build"] >= sec["train_s"] > 0 and sec["score"] > 0 and sec["build"] >= sec["total_s"]
+    assert "wall seconds an object: model" in table
     # a rerun with --cached-only reads the cache: same numbers, nothing recomputed
     assert main(args + ["--cached-only"]) == 0
     assert json.loads((out / "eval3d.json").read_text())["summary"] == s

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
@@ -419,7 +420,7 @@ def _model_mesh(model, input_rgba: np.ndarray, cfg: Eval3DConfig, out_dir: Path)
     res = to3d(Image.fromarray(input_rgba, "RGBA"), out_dir=out_dir, config=config,
                seed=cfg.seed, input_elevation=cfg.input_elevation, progress=False, model=model,
                representation=cfg.representation)
-    return load_result_mesh(res.ply, cfg.input_azimuth)
+    return load_result_mesh(res.ply, cfg.input_azimuth), res.timings
 
 
 def load_result_mesh(path, input_azimuth: float):
@@ -551,9 +552,10 @@ def evaluate_3d(root, out_dir, cfg: Optional[Eval3DConfig] = None, *, checkpoint
             if row in rows:
                 bar.update(1)
                 continue
+            t0, to3d_timings = time.perf_counter(), {}
             try:
                 if row == "model":
-                    mesh = _model_mesh(model, input_rgba, cfg, odir / "model")
+                    mesh, to3d_timings = _model_mesh(model, input_rgba, cfg, odir / "model")
                 elif row == "gt_views":
                     mesh = _gt_views_mesh(gt, cfg, rec_device)
                 elif row == "extrude":
@@ -561,11 +563,16 @@ def evaluate_3d(root, out_dir, cfg: Optional[Eval3DConfig] = None, *, checkpoint
                 else:
                     mesh = silhouette_sphere(input_rgba, in_c2w, gt.fov_deg, cfg.input_distance)
                 mesh = normalize_unit_cube(mesh)
+                t1 = time.perf_counter()
                 if cfg.icp:
                     mesh = _icp_onto(mesh, gt.mesh, cfg.seed)
                 m = shape_metrics(mesh, gt.mesh, cfg.points, cfg.iou_resolution, cfg.fscore_thresholds, cfg.seed)
                 vm, renders[row] = view_metrics(mesh, gt, views, lpips)
                 m.update(vm, faces=int(len(mesh.faces)), gt_rerender_psnr=gt_check["psnr"])
+                # wall seconds of the row (not a metric: for planning runs): making the mesh, scoring it, and
+                # the model row's to3d stages (train_s, mesh_s, ...)
+                m["seconds"] = {"build": t1 - t0, "score": time.perf_counter() - t1,
+                                **{k: float(v) for k, v in to3d_timings.items()}}
             except Zero123Error as exc:  # an empty reconstruction is a result (a failure), not a crash
                 m = {"error": str(exc)}
             rows[row] = m
@@ -595,6 +602,9 @@ def summarize(per_object: Dict[str, dict], rows: Sequence[str]) -> dict:
             if len(vals):
                 se = float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else 0.0
                 d[k] = {"mean": float(vals.mean()), "se": se}
+        secs = [r["seconds"]["build"] + r["seconds"]["score"] for r in ok if "seconds" in r]
+        if secs:  # mean wall seconds of the row an object (results cached before session 20 have none)
+            d["seconds"] = float(np.mean(secs))
         out[row] = d
     return out
 
@@ -638,4 +648,7 @@ def format_table(summary: dict) -> str:
     lines.append(f"{summary['objects_scored']} of {summary['objects_selected']} objects; no alignment"
                  if not summary["settings"].get("icp") else
                  f"{summary['objects_scored']} of {summary['objects_selected']} objects; ICP-aligned")
+    timed = [f"{row} {d['seconds']:.1f}" for row, d in s.items() if "seconds" in d]
+    if timed:
+        lines.append("wall seconds an object: " + ", ".join(timed))
     return "\n".join(lines)
