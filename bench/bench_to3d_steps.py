@@ -80,14 +80,13 @@ def profile_stage_step(trainer, state: dict, step: int, device, folder: Path, na
         wall = time.perf_counter() - t0
     ka = prof.key_averages()
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    busy_us = sum(getattr(e, key, 0.0) for e in ka) if device.type == "cuda" else None
+    # the kernels' own rows (an op's row repeats the time of the kernels it launched: count each kernel once)
+    kernels = [e for e in ka if str(getattr(e, "device_type", "")).endswith("CUDA")]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.txt").write_text(ka.table(sort_by=key, row_limit=40))
-    out = {"wall_ms_per_step": 1000 * wall / iters,
-           "kernels": sum(e.count for e in ka if getattr(e, "device_type", None) is not None
-                          and str(e.device_type).endswith("CUDA")) // iters}
-    if busy_us is not None:
-        out["device_busy_fraction"] = busy_us / 1e6 / wall
+    out = {"wall_ms_per_step": 1000 * wall / iters, "kernels": sum(e.count for e in kernels) // iters}
+    if device.type == "cuda":
+        out["device_busy_fraction"] = sum(e.self_device_time_total for e in kernels) / 1e6 / wall
     print(f"  profile {name}: {out}", flush=True)
     return out
 

@@ -3,6 +3,9 @@
 # bundled model on >= 20 held-out objects beside the ground-truth-views upper bound and the two baselines.
 #   bash bench/device/eval3d.sh        (needs $OUT; wheels for packages missing there under .whl/)
 # Writes $OUT/eval3d/{eval3d.json,table.txt,objects/<id>/figure.png,...} and $OUT/eval3d.log.
+# With every row it finished 13-15 of the 20 in one call (sessions 17-18): the model and gt_views rows each cost
+# about as much. The 20-object model row in one call is bench/device/eval3d_variants.sh with the reference rows
+# known (bench/RESULTS.md, "20 held-out objects in one 10-minute call": 4 processes fill the GPU, more do not help).
 # Knobs (environment): N objects (20), PRESET (fast: the bundled 128 px model renders at 64 -> 128 px, which is
 # its size), STEPS (the preset's), SHARDS parallel eval-3d processes sharing the GPU (4), T_EVAL seconds for
 # them (430), CHECKPOINT (bundled), DEVICE (cuda), VIEWS per object (8), SIZE of the renders (128),
