@@ -197,3 +197,38 @@ def test_paired_comparison_on_the_common_objects():
     assert r["metrics"]["iou"]["base"] == pytest.approx(np.mean([base[i]["model"]["iou"] for i in r["objects"]]))
     vs = paired_comparison(base, base, row="extrude", metrics=("chamfer",))
     assert vs["n"] == 6 and vs["metrics"]["chamfer"]["wins"] == 6   # every model row beats this extrude
+
+
+def test_eval_3d_jobs_match_one_process_and_fail_in_one_line(dataset, fixtures_dir, tmp_path, capsys):
+    """--jobs 2: two child processes share the objects; their cached rows equal a one-process run's (the
+    baselines exactly, the model row at float rounding: threads differ), the table is printed, and a child's
+    failure is one line naming its log."""
+    common = ["--data", str(dataset), "--preset", "tiny", "--checkpoint", str(fixtures_dir / "tiny_zero123_ldm.ckpt"),
+              "--rows", "model,extrude,sphere", "--max-views", "2", "--points", "500", "--iou-resolution", "32",
+              "--quiet"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["eval-3d", "--out", str(one), *common]) == 0
+    capsys.readouterr()
+    assert main(["eval-3d", "--out", str(two), "--jobs", "2", *common]) == 0
+    table = capsys.readouterr().out
+    assert "2 of 2 objects" in table and "wrote" in table
+    a, b = (json.loads((d / "eval3d.json").read_text()) for d in (one, two))
+    assert sorted(a["objects"]) == sorted(b["objects"]) and len(b["objects"]) == 2
+    for oid in a["objects"]:
+        for row in ("extrude", "sphere"):
+            assert a["objects"][oid][row]["chamfer"] == b["objects"][oid][row]["chamfer"]
+        ma, mb = a["objects"][oid]["model"], b["objects"][oid]["model"]
+        assert ("error" in ma) == ("error" in mb)
+        if "error" not in ma:
+            assert mb["chamfer"] == pytest.approx(ma["chamfer"], rel=0.05, abs=1e-3)
+    logs = sorted(p.name for p in (two / "logs").iterdir())
+    assert logs == ["job0.log", "job1.log"]
+    # a child that fails (an unreadable checkpoint: found, so the parent's check passes) is one line
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    args = ["eval-3d", "--out", str(tmp_path / "bad"), "--jobs", "2", *common[:4], "--checkpoint", str(bad), *common[6:]]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "eval-3d job" in err and "failed" in err and ("job0.log" in err or "job1.log" in err)
+    assert main(["eval-3d", "--out", str(tmp_path / "x"), "--jobs", "0", *common]) == 2
+    assert "--jobs must be >= 1" in capsys.readouterr().err

@@ -67,6 +67,7 @@ def _main(argv):
     with stage("parse arguments"):
         parser = build_parser()
         args = parser.parse_args(argv)
+        args._argv = list(sys.argv[1:] if argv is None else argv)  # as given (eval-3d --jobs re-runs it)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 1

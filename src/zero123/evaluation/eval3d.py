@@ -500,6 +500,31 @@ def _figure(out: Path, input_rgba: np.ndarray, gt: GroundTruth, views: Sequence[
     return write_png(image_grid(grid), out)
 
 
+def run_key(cfg: Eval3DConfig, checkpoint=None, device=None, model=None) -> Tuple[Eval3DConfig, dict]:
+    """``(cfg, key)`` of a run: ``cfg`` with ``preset="auto"`` replaced by the preset to3d runs (the device the model
+    is on, whether it is the bundled one), and the per-object cache key (``metrics.json``'s ``settings``)."""
+    from ..loading import is_bundled_model
+
+    key = _jsonable(cfg.cache_key())
+    key["checkpoint"] = str(checkpoint) if checkpoint else "bundled"
+    if cfg.preset == "auto":  # record the preset that runs, as to3d picks it
+        cfg = cfg.resolved(device, bundled=is_bundled_model(checkpoint, model))
+        key["preset"] = cfg.preset
+    return cfg, key
+
+
+def selected_objects(root, cfg: Eval3DConfig) -> list:
+    """The ids of the objects ``cfg`` selects in the dataset at ``root``, in the order they run."""
+    from ..data import layout
+
+    return [o.id for o in _select(layout.read_manifest(root), cfg)]
+
+
+def rows_done(out_dir, object_ids: Sequence[str], key: dict) -> int:
+    """How many rows of ``object_ids`` are cached under ``out_dir`` with the settings ``key``."""
+    return sum(len(_read_cache(Path(out_dir) / "objects" / i / "metrics.json", key)) for i in object_ids)
+
+
 def evaluate_3d(root, out_dir, cfg: Optional[Eval3DConfig] = None, *, checkpoint=None, variant=None, device=None,
                 dtype=None, model=None, lpips=None, progress: bool = True) -> dict:
     """Score the rows of ``cfg`` on the selected objects of the dataset at ``root``; write
@@ -516,19 +541,12 @@ def evaluate_3d(root, out_dir, cfg: Optional[Eval3DConfig] = None, *, checkpoint
         raise Zero123Error(f"--out {out_dir} exists and is not a folder")
     manifest = layout.read_manifest(root)
     objects = _select(manifest, cfg)
-    key = _jsonable(cfg.cache_key())
-    key["checkpoint"] = str(checkpoint) if checkpoint else "bundled"
     if "model" in cfg.rows and not cfg.cached_only and model is None:
         from ..pipelines.image_to_3d import load_guidance_model
 
         model = load_guidance_model(checkpoint, variant=variant, device=device, dtype=dtype)
     rec_device = model.device if model is not None else (device or "cpu")
-    if cfg.preset == "auto":  # record the preset that runs, as to3d picks it
-        from ..loading import is_bundled_model
-
-        cfg = cfg.resolved(model.device if model is not None else device,
-                           bundled=is_bundled_model(checkpoint, model))
-        key["preset"] = cfg.preset
+    cfg, key = run_key(cfg, checkpoint, model.device if model is not None else device, model)
     per_object: Dict[str, dict] = {}
     bar = tqdm(total=len(objects) * len(cfg.rows), desc="eval-3d", unit="run", disable=not progress)
     for entry in objects:
