@@ -69,6 +69,24 @@ def test_encoding_matches_reference_values_and_table_gradient():
     torch.testing.assert_close(enc.table.grad, table.grad, atol=1e-5, rtol=1e-5)
 
 
+def test_recipe_grid_hash_wraps_as_64_bit_arithmetic():
+    """The recipe's 16-level grid (coordinates up to 4096, so the hash products pass 2^32): the int32 corner
+    indices (wrapping products) give the same features and table gradient as the int64 reference."""
+    torch.manual_seed(1)
+    enc = HashGridEncoding(16, 2, 19, 16, 1.447269237440378)
+    with torch.no_grad():
+        enc.table.uniform_(-1, 1)
+    x = torch.cat([torch.rand(400, 3), torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.9999, 0.5, 1.0]])])
+    feat, _ = enc(x)
+    table = enc.table.detach().clone().requires_grad_(True)
+    ref = reference_encoding(enc, x, table)
+    torch.testing.assert_close(feat, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(feat)
+    (feat * g).sum().backward()
+    (ref * g).sum().backward()
+    torch.testing.assert_close(enc.table.grad, table.grad, atol=1e-5, rtol=1e-5)
+
+
 def test_encoding_jacobian_matches_autograd_and_its_table_gradient():
     torch.manual_seed(1)
     enc = HashGridEncoding(**SMALL)
@@ -198,3 +216,25 @@ def test_half_precision_mlps_keep_values_and_gradients_close_to_float32(dtype):
         assert cos > 0.995, (k, float(cos))
     with pytest.raises(Exception, match="mlp_dtype"):
         NeRFField(FieldConfig(mlp_dtype="float8"))
+
+
+def test_table_gradient_is_the_same_with_corners_kept_or_recomputed(monkeypatch):
+    """On a CPU the forward keeps its corner indices for backward (under KEEP_CORNERS_BYTES); recomputing them,
+    as a large batch does, gives the same features, Jacobian and table gradient."""
+    from zero123.fields import hash_grid
+
+    torch.manual_seed(2)
+    enc = HashGridEncoding(**SMALL, chunk=128)   # several chunks
+    with torch.no_grad():
+        enc.table.uniform_(-1, 1)
+    x = torch.rand(500, 3)
+    g, gj = torch.randn(500, enc.n_output_dims), torch.randn(500, enc.n_output_dims, 3)
+    grads = []
+    for budget in (hash_grid.KEEP_CORNERS_BYTES, 0):
+        monkeypatch.setattr(hash_grid, "KEEP_CORNERS_BYTES", budget)
+        enc.table.grad = None
+        feat, jac = enc(x, with_jacobian=True)
+        ((feat * g).sum() + (jac * gj).sum()).backward()
+        grads.append((feat.detach(), jac.detach(), enc.table.grad.clone()))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)

@@ -10,8 +10,9 @@ in one ``[sum(T_l), F]`` table (init U(-1e-4, 1e-4)).
 
 Besides the features the encoder can return their **spatial Jacobian** ``d features / d x`` (analytic derivative of
 the trilinear weights), so analytic normals need no double backward: both outputs are linear in the table, and
-the custom autograd function below recomputes the corner indices in its backward instead of storing them. It
-saves only the input points, so memory per point is a few bytes instead of ``levels x 8`` indices.
+the custom autograd function below recomputes the corner indices in its backward instead of storing them (it
+saves only the input points, so memory per point is a few bytes instead of ``levels x 8`` indices), except on a
+CPU for batches under ``KEEP_CORNERS_BYTES``, where memory is cheap and the recomputation is not.
 No gradient flows to the input points (ray samples are not optimised).
 
 On CUDA the same arithmetic runs as two Triton kernels (:mod:`zero123.fields.hash_grid_triton`) when Triton is
@@ -66,33 +67,46 @@ class _Layout:
         if len(hashed_sizes) > 1 or any(h & (h - 1) for h in hashed_sizes):
             raise ValueError("hashed levels must share one power-of-two table size")
         self.hash_mask = (next(iter(hashed_sizes)) - 1) if hashed_sizes else 0
-        self.primes = torch.tensor(_PRIMES, dtype=torch.int64, device=device)             # [3]
-        self.bit = torch.tensor([0, 1], dtype=torch.int64, device=device)                 # [2]
+        self.primes = torch.tensor(_PRIMES, dtype=torch.int64, device=device)             # [3] (Triton kernels)
+        # the PyTorch path's int32 copies (_corners): every index fits (tables hold < 2^31 rows) and the hash only
+        # keeps the low bits, which a wrapping 32-bit product gives as a 64-bit one does
+        if sum(sizes) >= 2 ** 31:
+            raise ValueError("hash-grid tables must hold fewer than 2^31 rows")
+        self.res32, self.offsets32 = self.res.int(), self.offsets.int()
+        self.primes32 = tuple(_wrap_int32(p) for p in _PRIMES)
+        self.bit32 = torch.tensor([0, 1], dtype=torch.int32, device=device)               # [2]
+
+
+def _wrap_int32(v: int) -> int:
+    """``v`` modulo 2^32 as a signed 32-bit value (the same low 32 bits)."""
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >= 1 << 31 else v
 
 
 def _corners(x: torch.Tensor, lay: _Layout):
-    """For points ``x`` [N,3] in [0,1]: flat table indices [N,L,8] of the 8 corners (corner ``c = dx + 2 dy + 4
-    dz``, so ``idx.view(N,L,2,2,2)`` is indexed ``[z,y,x]``) and the fractional positions ``frac`` [N,L,3] in
-    [0,1) inside each level's cell. Per-axis terms are formed on [N,L,2] tensors and combined by broadcasting,
-    which keeps the int64 work on [N,L,8] to one xor/add per axis."""
+    """For points ``x`` [N,3] in [0,1]: flat table indices [N,L,8] (int32) of the 8 corners (corner ``c = dx + 2
+    dy + 4 dz``, so ``idx.view(N,L,2,2,2)`` is indexed ``[z,y,x]``) and the fractional positions ``frac`` [N,L,3]
+    in [0,1) inside each level's cell. Per-axis terms are formed on [N,L,2] tensors and combined by broadcasting,
+    which keeps the integer work on [N,L,8] to one xor/add per axis. The hash's products wrap in 32 bits, as
+    tiny-cuda-nn's uint32 arithmetic does; its low bits, all the table mask keeps, equal the exact products'."""
     n, L, D = x.shape[0], lay.n_levels, lay.n_dense
     pos = x[:, None, :].float() * lay.scales[None, :, None] + 0.5            # [N,L,3]
     base_f = torch.floor(pos)
     frac = pos - base_f                                                      # [N,L,3] in [0,1)
-    coord = base_f.long()[..., None] + lay.bit                               # [N,L,3,2] corner coordinate per axis
+    coord = base_f.int()[..., None] + lay.bit32                              # [N,L,3,2] corner coordinate per axis
     cx, cy, cz = coord.unbind(2)                                             # each [N,L,2]
     parts = []
     if D > 0:
-        res = lay.res[:D, None]
+        res = lay.res32[:D, None]
         hi = res - 1
         dx, dy, dz = cx[:, :D].clamp(max=hi), cy[:, :D].clamp(max=hi), cz[:, :D].clamp(max=hi)
         di = (dz * (res * res))[:, :, :, None, None] + (dy * res)[:, :, None, :, None] + dx[:, :, None, None, :]
         parts.append(di.reshape(n, D, 8))
     if D < L:
-        hx, hy, hz = (c[:, D:] * p for c, p in zip((cx, cy, cz), _PRIMES))
+        hx, hy, hz = (c[:, D:] * p for c, p in zip((cx, cy, cz), lay.primes32))
         hi_ = hz[:, :, :, None, None] ^ hy[:, :, None, :, None] ^ hx[:, :, None, None, :]
         parts.append(hi_.reshape(n, L - D, 8) & lay.hash_mask)
-    idx = (torch.cat(parts, 1) if len(parts) > 1 else parts[0]) + lay.offsets[None, :, None]   # [N,L,8]
+    idx = (torch.cat(parts, 1) if len(parts) > 1 else parts[0]) + lay.offsets32[None, :, None]   # [N,L,8]
     return idx, frac
 
 
@@ -169,13 +183,22 @@ class _TritonHashGridFunction(torch.autograd.Function):
         return None, grad_table.to(ctx.table_dtype), None, None
 
 
+#: corner indices and fractions a CPU forward keeps for its backward, in bytes (int32 [N,L,8] + float32 [N,L,3]:
+#: 44 B a point and level); a larger batch, and any CUDA batch, recomputes them in backward instead
+KEEP_CORNERS_BYTES = 256 << 20
+
+
 class _HashGridFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, table, lay, with_jacobian, chunk):
+    def forward(ctx, x, table, lay, with_jacobian, chunk, keep_corners):
         feats, jacs = [], []
         n_feat = table.shape[1]
+        keep = bool(keep_corners)
+        ctx.corners = [] if keep else None
         for s in range(0, x.shape[0], chunk):
             idx, frac = _corners(x[s:s + chunk], lay)
+            if keep:
+                ctx.corners.append((idx, frac))
             vals = torch.index_select(table, 0, idx.reshape(-1)).view(*idx.shape[:2], 2, 2, 2, n_feat)
             feat, jac = _interpolate(vals, frac, lay.scales, with_jacobian)
             feats.append(feat.flatten(1))
@@ -199,14 +222,16 @@ class _HashGridFunction(torch.autograd.Function):
         grad_table = torch.zeros(ctx.table_shape, dtype=torch.float32, device=x.device)
         use_jac = ctx.with_jacobian and grad_jac is not None
         if grad_feat is None and not use_jac:  # nothing flows back into the table
-            return None, grad_table.to(ctx.table_dtype), None, None, None
-        for s in range(0, x.shape[0], ctx.chunk):
-            idx, frac = _corners(x[s:s + ctx.chunk], lay)
+            return None, grad_table.to(ctx.table_dtype), None, None, None, None
+        for i, s in enumerate(range(0, x.shape[0], ctx.chunk)):
+            idx, frac = ctx.corners[i] if ctx.corners is not None else _corners(x[s:s + ctx.chunk], lay)
             g = grad_feat[s:s + ctx.chunk].float().view(-1, n_levels, n_feat) if grad_feat is not None else None
             gj = grad_jac[s:s + ctx.chunk].float().view(-1, n_levels, n_feat, 3) if use_jac else None
             coef = _interpolate_backward(frac, lay.scales, g, gj)                 # [n,L,2,2,2,F]
-            grad_table.index_add_(0, idx.reshape(-1), coef.reshape(-1, n_feat))
-        return None, grad_table.to(ctx.table_dtype), None, None, None
+            # int64 here: index_add_ on CPU takes a far slower path with an int32 index (10x at 2.6 M rows)
+            grad_table.index_add_(0, idx.reshape(-1).long(), coef.reshape(-1, n_feat))
+        ctx.corners = None
+        return None, grad_table.to(ctx.table_dtype), None, None, None, None
 
 
 class HashGridEncoding(nn.Module):
@@ -263,4 +288,6 @@ class HashGridEncoding(nn.Module):
         x = x.detach().reshape(-1, 3).contiguous()
         if self.use_triton(x):
             return _TritonHashGridFunction.apply(x.float(), self.table, self._layout(x.device), bool(with_jacobian))
-        return _HashGridFunction.apply(x, self.table, self._layout(x.device), bool(with_jacobian), self.chunk)
+        keep = (x.device.type == "cpu" and torch.is_grad_enabled() and self.table.requires_grad
+                and x.shape[0] * self.n_levels * 44 <= KEEP_CORNERS_BYTES)
+        return _HashGridFunction.apply(x, self.table, self._layout(x.device), bool(with_jacobian), self.chunk, keep)
