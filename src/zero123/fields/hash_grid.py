@@ -184,8 +184,9 @@ class _TritonHashGridFunction(torch.autograd.Function):
 
 
 #: corner indices and fractions a CPU forward keeps for its backward, in bytes (int32 [N,L,8] + float32 [N,L,3]:
-#: 44 B a point and level); a larger batch, and any CUDA batch, recomputes them in backward instead
+#: ``_CORNER_BYTES`` a point and level); a larger batch, and any CUDA batch, recomputes them in backward instead
 KEEP_CORNERS_BYTES = 256 << 20
+_CORNER_BYTES = 8 * 4 + 3 * 4
 
 
 class _HashGridFunction(torch.autograd.Function):
@@ -193,11 +194,10 @@ class _HashGridFunction(torch.autograd.Function):
     def forward(ctx, x, table, lay, with_jacobian, chunk, keep_corners):
         feats, jacs = [], []
         n_feat = table.shape[1]
-        keep = bool(keep_corners)
-        ctx.corners = [] if keep else None
+        ctx.corners = [] if keep_corners else None
         for s in range(0, x.shape[0], chunk):
             idx, frac = _corners(x[s:s + chunk], lay)
-            if keep:
+            if ctx.corners is not None:
                 ctx.corners.append((idx, frac))
             vals = torch.index_select(table, 0, idx.reshape(-1)).view(*idx.shape[:2], 2, 2, 2, n_feat)
             feat, jac = _interpolate(vals, frac, lay.scales, with_jacobian)
@@ -289,5 +289,5 @@ class HashGridEncoding(nn.Module):
         if self.use_triton(x):
             return _TritonHashGridFunction.apply(x.float(), self.table, self._layout(x.device), bool(with_jacobian))
         keep = (x.device.type == "cpu" and torch.is_grad_enabled() and self.table.requires_grad
-                and x.shape[0] * self.n_levels * 44 <= KEEP_CORNERS_BYTES)
+                and x.shape[0] * self.n_levels * _CORNER_BYTES <= KEEP_CORNERS_BYTES)
         return _HashGridFunction.apply(x, self.table, self._layout(x.device), bool(with_jacobian), self.chunk, keep)
