@@ -58,8 +58,10 @@ def run(args) -> int:
         cfg.work_dir = Path(args.work_dir)
         if cfg.work_dir.exists() and not cfg.work_dir.is_dir():
             raise Zero123Error(f"--work-dir {cfg.work_dir} is a file, not a folder")
-    if args.checkpoint is not None and not Path(args.checkpoint).exists():
-        raise Zero123Error(f"checkpoint not found: {args.checkpoint}")
+    if args.checkpoint is not None:
+        from ..loading import require_checkpoint
+
+        require_checkpoint(args.checkpoint)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"zero123 app: warning: binding {args.host} makes the app reachable from other machines "
               "(no authentication)", file=sys.stderr)

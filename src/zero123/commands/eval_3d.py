@@ -132,8 +132,10 @@ def _run_jobs(args, cfg) -> int:
 
     from ..evaluation.eval3d import evaluate_3d, format_table, rows_done, run_key, selected_objects
 
-    if "model" in cfg.rows and args.checkpoint and not Path(args.checkpoint).expanduser().exists():
-        raise Zero123Error(f"checkpoint not found: {args.checkpoint}")  # before N processes each load it
+    if "model" in cfg.rows and args.checkpoint:
+        from ..loading import require_checkpoint
+
+        require_checkpoint(Path(args.checkpoint).expanduser())  # before N processes each load it
     ids = selected_objects(args.data, cfg)
     jobs = min(args.jobs, len(ids))
     _, key = run_key(cfg, args.checkpoint, args.device)

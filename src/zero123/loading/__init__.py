@@ -28,7 +28,7 @@ from .folder_layouts import (KXIC_MODEL_INDEX, META_FILE, cc_projection_config, 
 from .safe_io import read_checkpoint_file, read_state_dict
 
 __all__ = ["load_model", "load_ldm_checkpoint", "load_diffusers_folder", "save_pretrained", "bundled_model_path",
-           "is_bundled_model", "LoadReport", "read_state_dict"]
+           "is_bundled_model", "require_checkpoint", "LoadReport", "read_state_dict"]
 
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default_model"
 COMPONENTS = ("unet", "vae", "image_encoder", "cc_projection")
@@ -49,6 +49,15 @@ class LoadReport:
 
 def bundled_model_path() -> Path:
     return BUNDLED_MODEL_DIR
+
+
+def require_checkpoint(path) -> Path:
+    """``path`` as a Path, or a one-line :class:`CheckpointError` when nothing is there: what :func:`load_model`
+    checks first, for commands that check it before other expensive work (child processes, text-to-image)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
 
 
 def is_bundled_model(path=None, model=None) -> bool:
@@ -205,9 +214,7 @@ def load_model(path=None, variant=None, dtype=None, device=None, use_ema: bool =
         path = bundled_model_path()
         if not (path / "model_index.json").is_file():
             raise CheckpointError("this install has no bundled default model; pass a checkpoint (--checkpoint)")
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    path = require_checkpoint(path)
     if path.is_dir() and original_config:
         raise CheckpointError(f"--original-config applies to single-file checkpoints; {path} is a folder, whose "
                               "component configs hold its sizes")

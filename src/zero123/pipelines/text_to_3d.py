@@ -222,8 +222,10 @@ def text_to_3d(prompt: str, t2i_model, checkpoint=None, out_dir: str | os.PathLi
     to3d = None
     if not skip_3d:  # check the 3D stage's settings now, not after minutes of text-to-image
         to3d = _load_to3d()
-        if model is None and checkpoint is not None and not Path(checkpoint).expanduser().exists():
-            raise Zero123Error(f"checkpoint not found: {checkpoint}")
+        if model is None and checkpoint is not None:
+            from ..loading import require_checkpoint
+
+            require_checkpoint(Path(checkpoint).expanduser())
         if resume is None:
             from .image_to_3d_config import preset_config
 
